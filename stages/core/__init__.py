@@ -1,0 +1,1 @@
+"""Shared logic of the dreamprune stages: one module per concern."""

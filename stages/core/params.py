@@ -1,0 +1,200 @@
+"""Load and validate one section of params.yaml.
+
+Each stage reads its own section plus the shared ``common`` section (and ``data``
+for the two stages that read real images). A section is a plain dataclass whose
+defaults document the knobs; ``load_params`` checks every key of the YAML against
+it (unknown keys, types, ranges, allowed values) and raises one ``ParamsError``
+naming the key and what is allowed, before a stage writes anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+def _p(default, lo=None, hi=None, *, lo_open=False, hi_open=False, choices=None):
+    spec = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
+    return field(default=default, metadata=spec)
+
+
+@dataclass(frozen=True)
+class Common:
+    seed: int = _p(0, 0, 2**31 - 1)
+    device: str = _p("auto", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str = _p("fashion_mnist", choices=("fashion_mnist",))
+    root: str = _p("data/raw")
+
+
+@dataclass(frozen=True)
+class PrepareData:
+    source: str = _p("auto", choices=("auto", "debian", "download"))
+    debian_dir: str = _p("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class TrainTeacher:
+    arch: str = _p("resnet20", choices=("resnet20", "resnet32", "resnet44", "resnet56"))
+    max_train_images: int = _p(0, 0, 10_000_000)  # 0 = the whole training split
+    epochs: int = _p(8, 1, 1000)
+    batch_size: int = _p(128, 1, 65536)
+    lr: float = _p(0.1, 0.0, 10.0, lo_open=True)
+    momentum: float = _p(0.9, 0.0, 1.0, hi_open=True)
+    weight_decay: float = _p(5e-4, 0.0, 1.0)
+    label_smoothing: float = _p(0.0, 0.0, 1.0, hi_open=True)
+    max_shift: int = _p(2, 0, 16)
+    flip: bool = _p(True)
+    bf16: bool = _p(False)
+
+
+@dataclass(frozen=True)
+class ExtractBnStats:
+    default_atol: float = _p(1e-4, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Synthesize:
+    n_images: int = _p(1024, 1, 10_000_000)
+    batch_size: int = _p(256, 1, 65536)
+    iterations: int = _p(200, 1, 100_000)
+    lr: float = _p(0.6, 0.0, 100.0, lo_open=True)
+    lambda_bn: float = _p(1.0, 0.0, 1e6)
+    lambda_ce: float = _p(1.0, 0.0, 1e6)
+    lambda_tv: float = _p(1e-5, 0.0, 1e6)
+    lambda_l2: float = _p(0.0, 0.0, 1e6)
+    max_shift: int = _p(2, 0, 64)
+    flip: bool = _p(True)
+    grid_per_class: int = _p(8, 1, 64)
+
+
+@dataclass(frozen=True)
+class Prune:
+    method: str = _p("l1_unstructured", choices=("l1_unstructured",))
+    scope: str = _p("global", choices=("global", "layerwise"))
+    sparsity: float = _p(0.75, 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class Distill:
+    epochs: int = _p(15, 0, 10_000)
+    batch_size: int = _p(128, 1, 65536)
+    lr: float = _p(1e-3, 0.0, 10.0)
+    momentum: float = _p(0.9, 0.0, 1.0, hi_open=True)
+    weight_decay: float = _p(0.0, 0.0, 1.0)
+    schedule: str = _p("constant", choices=("constant", "cosine"))
+    temperature: float = _p(3.0, 0.0, 100.0, lo_open=True)
+    freeze_bn: bool = _p(True)
+    recalibrate_bn: bool = _p(False)
+    max_shift: int = _p(0, 0, 64)
+    flip: bool = _p(False)
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    batch_size: int = _p(1000, 1, 65536)
+
+
+SECTIONS = {
+    "common": Common,
+    "data": Data,
+    "prepare_data": PrepareData,
+    "train_teacher": TrainTeacher,
+    "extract_bn_stats": ExtractBnStats,
+    "synthesize": Synthesize,
+    "prune": Prune,
+    "distill": Distill,
+    "evaluate": Evaluate,
+}
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}[t]
+
+
+def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
+    key = f"{section}.{f.name}"
+    t = {"int": int, "float": float, "bool": bool, "str": str}.get(f.type, f.type)
+    m = f.metadata
+    ok = (
+        isinstance(value, bool)
+        if t is bool
+        else (
+            isinstance(value, t) and not isinstance(value, bool)
+            if t is not float
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+        )
+    )
+    if not ok:
+        raise ParamsError(
+            f"params.yaml: {key} = {value!r} has the wrong type; expected {_type_name(t)}"
+            + (f" in {_range(m)}" if m.get("lo") is not None else "")
+        )
+    if t is float:
+        value = float(value)
+    if m.get("choices") is not None and value not in m["choices"]:
+        raise ParamsError(f"params.yaml: {key} = {value!r} is not allowed; choose one of {list(m['choices'])}")
+    lo, hi = m.get("lo"), m.get("hi")
+    if lo is not None:
+        below = value <= lo if m["lo_open"] else value < lo
+        above = value >= hi if m["hi_open"] else value > hi
+        if below or above:
+            raise ParamsError(f"params.yaml: {key} = {value!r} is out of range; expected {_type_name(t)} in {_range(m)}")
+    return value
+
+
+def _range(m) -> str:
+    return f"{'(' if m['lo_open'] else '['}{m['lo']}, {m['hi']}{')' if m['hi_open'] else ']'}"
+
+
+def parse_section(name: str, raw: Any):
+    """Validate one section's mapping and return its frozen config object."""
+    cls = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: section '{name}' must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), fields, n=1)
+            raise ParamsError(
+                f"params.yaml: unknown key {name}.{key}"
+                + (f" (did you mean {name}.{hint[0]}?)" if hint else "")
+                + f"; known keys: {sorted(fields)}"
+            )
+    values = {k: _check_value(name, fields[k], v) for k, v in raw.items()}
+    return cls(**values)
+
+
+def load_params(*sections: str, path: str | Path = "params.yaml") -> dict:
+    """Read ``path`` and return ``{section: config}`` for each requested section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stage from the project root")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ParamsError(f"{path} must be a mapping of sections")
+    unknown = [s for s in doc if s not in SECTIONS]
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown section(s) {unknown}; known: {sorted(SECTIONS)}")
+    return {s: parse_section(s, doc.get(s)) for s in sections}
+
+
+def as_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,85 @@
+"""Supervised training and accuracy measurement on in-memory tensors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .imageops import random_shift_flip
+
+
+def minibatches(n: int, batch_size: int, generator: torch.Generator | None = None):
+    """Index tensors covering range(n); shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` in eval mode for normalized inputs ``x``."""
+    model.eval()
+    out = []
+    for idx in minibatches(len(x), batch_size):
+        xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
+        out.append(model(xb).float().cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    return float((predict(model, x, batch_size, device).argmax(1) == y).float().mean())
+
+
+def cosine_lambda(total_steps: int):
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None) -> list[dict]:
+    """SGD + Nesterov momentum with cosine decay and per-sample shift/flip augmentation.
+
+    ``x`` are normalized float images on CPU, ``y`` int64 labels. Returns one history
+    row per epoch; ``eval_fn(model)`` (optional) adds a held-out accuracy column.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+    )
+    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(list(minibatches(len(x), cfg.batch_size, gen)), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
+        for idx in bar:
+            xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
+            xb = xb.to(device).contiguous(memory_format=torch.channels_last)
+            yb = y[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen}
+        if eval_fn is not None:
+            row["test_acc"] = eval_fn(model)
+        history.append(row)
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return history

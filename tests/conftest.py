@@ -1,0 +1,44 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class ToyBNNet(nn.Module):
+    """conv-BN-ReLU x2 + linear: the smallest net with the structure the stages rely on."""
+
+    def __init__(self, in_ch=1, num_classes=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def toy_net():
+    torch.manual_seed(0)
+    return ToyBNNet()
+
+
+@pytest.fixture
+def trained_toy_net():
+    """A toy net whose BN running stats come from a non-standard input distribution."""
+    torch.manual_seed(0)
+    net = ToyBNNet()
+    net.train()
+    with torch.no_grad():
+        for _ in range(50):
+            net(torch.randn(32, 1, 8, 8) * 2.0 + 1.5)
+    return net.eval()

@@ -1,0 +1,68 @@
+import copy
+from types import SimpleNamespace
+
+import torch
+
+from stages.core.bn import batch_mean_var, running_stats
+from stages.core.kd import distill, kd_loss, recalibrate_bn
+from stages.core.pruning import make_permanent, masks_of, prune_l1_unstructured
+
+
+def cfg(**kw):
+    base = dict(
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        schedule="constant",
+        temperature=3.0,
+        freeze_bn=True,
+        recalibrate_bn=False,
+        max_shift=0,
+        flip=False,
+    )
+    return SimpleNamespace(**(base | kw))
+
+
+def test_kd_loss_zero_iff_equal():
+    t = torch.randn(8, 5)
+    assert abs(float(kd_loss(t.clone(), t, 3.0))) < 1e-6
+    assert float(kd_loss(torch.randn(8, 5), t, 3.0)) > 0
+
+
+def test_kd_loss_zero_for_identical_nets(trained_toy_net):
+    x = torch.randn(8, 1, 8, 8)
+    student = copy.deepcopy(trained_toy_net)
+    assert abs(float(kd_loss(student(x), trained_toy_net(x), 3.0))) < 1e-6
+
+
+def test_distill_lowers_loss_and_keeps_masks(trained_toy_net):
+    student = copy.deepcopy(trained_toy_net)
+    prune_l1_unstructured(student, 0.6, "global")
+    masks = masks_of(student)
+    x = torch.randn(64, 1, 8, 8) * 2 + 1.5
+    hist = distill(student, trained_toy_net, x, cfg(epochs=8, freeze_bn=False), torch.device("cpu"), seed=0)
+    assert hist[-1]["kd_loss"] < hist[0]["kd_loss"]
+    make_permanent(student)
+    assert all(torch.all(getattr(student, k.split(".")[0]).weight[~m] == 0) for k, m in masks.items())
+
+
+def test_freeze_bn_keeps_running_stats(trained_toy_net):
+    student = copy.deepcopy(trained_toy_net)
+    before = running_stats(student)
+    distill(student, trained_toy_net, torch.randn(32, 1, 8, 8), cfg(freeze_bn=True), torch.device("cpu"), seed=0)
+    after = running_stats(student)
+    assert all(torch.equal(before[k][0], after[k][0]) and torch.equal(before[k][1], after[k][1]) for k in before)
+    distill(student, trained_toy_net, torch.randn(32, 1, 8, 8), cfg(freeze_bn=False), torch.device("cpu"), seed=0)
+    assert not torch.equal(before["bn1"][0], running_stats(student)["bn1"][0])
+
+
+def test_recalibrate_bn_gives_exact_statistics(trained_toy_net):
+    x = torch.randn(40, 1, 8, 8)
+    recalibrate_bn(trained_toy_net, x, 8, torch.device("cpu"))
+    mu, var = batch_mean_var(trained_toy_net.conv1(x))
+    assert torch.allclose(trained_toy_net.bn1.running_mean, mu, atol=1e-5)
+    # running_var is the mean of per-batch unbiased variances; close to the pooled variance.
+    assert torch.allclose(trained_toy_net.bn1.running_var, var, rtol=0.1)
+    assert not trained_toy_net.training

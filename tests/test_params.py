@@ -1,0 +1,54 @@
+import pytest
+
+from stages.core.params import SECTIONS, ParamsError, load_params, parse_section
+
+
+def test_defaults_validate():
+    for name in SECTIONS:
+        parse_section(name, {})
+
+
+def test_repo_params_yaml_is_valid():
+    from conftest import ROOT
+
+    cfg = load_params(*SECTIONS, path=ROOT / "params.yaml")
+    assert cfg["prune"].sparsity == 0.75
+    assert cfg["synthesize"].n_images == 1024
+
+
+@pytest.mark.parametrize(
+    "section,raw,words",
+    [
+        ("prune", {"sparsity": 1.5}, ["prune.sparsity", "[0.0, 1.0)"]),
+        ("synthesize", {"iterations": -1}, ["synthesize.iterations", "[1, 100000]"]),
+        ("prune", {"sparsty": 0.5}, ["unknown key prune.sparsty", "did you mean prune.sparsity"]),
+        ("distill", {"lr": "fast"}, ["distill.lr", "wrong type"]),
+        ("synthesize", {"n_images": 10.5}, ["synthesize.n_images", "integer"]),
+        ("distill", {"freeze_bn": 1}, ["distill.freeze_bn", "true/false"]),
+        ("synthesize", {"batch_size": True}, ["synthesize.batch_size", "wrong type"]),
+        ("prune", {"scope": "local"}, ["prune.scope", "global", "layerwise"]),
+        ("common", {"device": "tpu"}, ["common.device"]),
+    ],
+)
+def test_bad_values_name_key_and_range(section, raw, words):
+    with pytest.raises(ParamsError) as e:
+        parse_section(section, raw)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_int_accepted_for_float():
+    assert parse_section("distill", {"lr": 1}).lr == 1.0
+    assert isinstance(parse_section("distill", {"lr": 1}).lr, float)
+
+
+def test_unknown_section_and_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params("prune", path=tmp_path / "nope.yaml")
+    p = tmp_path / "params.yaml"
+    p.write_text("prune:\n  sparsity: 0.5\nprnue: {}\n")
+    with pytest.raises(ParamsError, match="unknown section"):
+        load_params("prune", path=p)
+    p.write_text("prune: [1, 2]\n")
+    with pytest.raises(ParamsError, match="must be a mapping"):
+        load_params("prune", path=p)

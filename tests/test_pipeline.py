@@ -1,0 +1,116 @@
+"""End to end: `dvc repro` of the whole pipeline on tiny params in a temporary git repo."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+TINY = {
+    "train_teacher": {"max_train_images": 3000, "epochs": 2},
+    "synthesize": {"n_images": 40, "batch_size": 20, "iterations": 15, "grid_per_class": 2},
+    "distill": {"epochs": 2, "batch_size": 20},
+}
+ALL_STAGES = {"prepare_data", "train_teacher", "extract_bn_stats", "synthesize", "prune", "distill", "evaluate"}
+
+
+def sh(ws, *args):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    r = subprocess.run(args, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{args} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def dvc(ws, *args):
+    return sh(ws, sys.executable, "-m", "dvc", *args)
+
+
+def ran(output):
+    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def set_params(ws, **sections):
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.fail("the end-to-end test needs the Debian package dataset-fashion-mnist (see README)")
+    ws = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "stages", ws / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / f, ws / f)
+    set_params(ws, **TINY)
+    sh(ws, "git", "init", "-q", "-b", "main")
+    sh(ws, "git", "config", "user.email", "t@t")
+    sh(ws, "git", "config", "user.name", "t")
+    dvc(ws, "init", "-q")
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-q", "-m", "init")
+    ws.first_run = dvc(ws, "repro")
+    return ws
+
+
+def test_all_stages_run_and_metrics_exist(ws):
+    assert ran(ws.first_run) == ALL_STAGES
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["teacher"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert abs(m["student"]["sparsity"] - 0.75) < 0.005
+    assert m["data_free"] is True
+    assert m["student"]["nonzero_params"] < m["teacher"]["nonzero_params"]
+    for f in ("report.md", "synthesize/grid.png", "synthesize/loss.csv", "distill/curve.csv", "prune/sparsity.csv"):
+        assert (ws / "reports" / f).stat().st_size > 0
+    assert "recovered student" in (ws / "reports/report.md").read_text()
+
+
+def test_second_repro_is_a_noop(ws):
+    out = dvc(ws, "repro")
+    assert ran(out) == set()
+    assert "up to date" in out
+
+
+def test_distill_param_change_reruns_only_distill_and_evaluate(ws):
+    set_params(ws, distill={"epochs": 3})
+    assert ran(dvc(ws, "repro")) == {"distill", "evaluate"}
+
+
+def test_same_seed_gives_identical_bytes(ws):
+    images, student = ws / "data/synthetic/images.safetensors", ws / "models/student/model.safetensors"
+    before = sha(images), sha(student), sha(ws / "data/synthetic/card.json")
+    dvc(ws, "repro", "-f", "-s", "synthesize")
+    dvc(ws, "repro", "-f", "-s", "distill")
+    assert (sha(images), sha(student), sha(ws / "data/synthetic/card.json")) == before
+
+
+def test_dvc_dag_shows_data_free_stages(ws):
+    out = dvc(ws, "dag", "--dot")
+    edges = set(re.findall(r'"([a-z_]+)" -> "([a-z_]+)"', out))
+    assert ("prepare_data", "train_teacher") in edges and ("prepare_data", "evaluate") in edges
+    for stage in ("extract_bn_stats", "synthesize", "prune", "distill"):
+        assert ("prepare_data", stage) not in edges
+
+
+def test_experiment_with_other_sparsity(ws):
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-q", "-m", "baseline run")
+    dvc(ws, "exp", "run", "-S", "prune.sparsity=0.9")
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert abs(m["student"]["sparsity"] - 0.9) < 0.005
+    text = json.dumps(json.loads(dvc(ws, "exp", "show", "--json")))
+    assert text.count('"sparsity": 0.9') >= 1 and text.count('"sparsity": 0.75') >= 1
