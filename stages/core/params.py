@@ -89,17 +89,17 @@ class Prune:
 
 @dataclass(frozen=True)
 class Distill:
-    epochs: int = _p(15, 0, 10_000)
+    epochs: int = _p(40, 0, 10_000)
     batch_size: int = _p(128, 1, 65536)
-    lr: float = _p(1e-3, 0.0, 10.0)
+    lr: float = _p(0.01, 0.0, 10.0)
     momentum: float = _p(0.9, 0.0, 1.0, hi_open=True)
     weight_decay: float = _p(0.0, 0.0, 1.0)
-    schedule: str = _p("constant", choices=("constant", "cosine"))
+    schedule: str = _p("cosine", choices=("constant", "cosine"))
     temperature: float = _p(3.0, 0.0, 100.0, lo_open=True)
-    freeze_bn: bool = _p(True)
+    freeze_bn: bool = _p(False)
     recalibrate_bn: bool = _p(False)
-    max_shift: int = _p(0, 0, 64)
-    flip: bool = _p(False)
+    max_shift: int = _p(2, 0, 64)
+    flip: bool = _p(True)
 
 
 @dataclass(frozen=True)
