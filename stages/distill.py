@@ -30,8 +30,10 @@ def main() -> None:
     masks = load_tensors(PRUNED / "masks.safetensors")
     apply_masks(student, masks)
     scard = read_json(SYNTHETIC / "card.json")
-    if scard["teacher_sha256"] != pcard["teacher_sha256"]:
-        raise StageError(f"{SYNTHETIC} and {PRUNED} were made from different teachers (card teacher_sha256 differ)")
+    teacher_sha = sha256_file(TEACHER / "model.safetensors")
+    for folder, card in ((PRUNED, pcard), (SYNTHETIC, scard)):
+        if card["teacher_sha256"] != teacher_sha:
+            raise StageError(f"{folder} was made from another teacher than {TEACHER} (teacher_sha256 in its card.json): rerun dvc repro")
     x = load_tensors(SYNTHETIC / "images.safetensors")["images"].float()
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     t0 = time.perf_counter()
@@ -44,7 +46,7 @@ def main() -> None:
         **{k: pcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
         "data_free": True,
         "transfer_set": "synthetic",
-        "teacher_sha256": pcard["teacher_sha256"],
+        "teacher_sha256": teacher_sha,
         "pruned_sha256": sha256_file(PRUNED / "model.safetensors"),
         "masks_sha256": sha256_file(PRUNED / "masks.safetensors"),
         "synthetic_sha256": sha256_file(SYNTHETIC / "images.safetensors"),

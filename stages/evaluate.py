@@ -25,7 +25,7 @@ def describe(name: str, folder: Path, x: torch.Tensor, y: torch.Tensor, batch_si
     pred = predict(model, x, batch_size, device).argmax(1)
     params = list(model.parameters())
     row = {
-        "accuracy": float((pred == y).float().mean()),
+        "accuracy": int((pred == y).sum()) / len(y),
         "sparsity": global_sparsity(model),
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum((p != 0).sum() for p in params)),
@@ -52,7 +52,7 @@ def main() -> None:
         **rows,
         "gap_points": round(100 * (t - s), 3),
         "recovered_fraction": (s - pr) / (t - pr) if t != pr else None,
-        "student_teacher_agreement": float((preds["student"] == preds["teacher"]).float().mean()),
+        "student_teacher_agreement": int((preds["student"] == preds["teacher"]).sum()) / len(test.labels),
         "synthetic": {
             "n_images": scard["n_images"],
             "teacher_agreement": scard["teacher_agreement"],
@@ -61,9 +61,9 @@ def main() -> None:
         "data_free": bool(student_card.get("data_free")),
         "test_images": len(test.labels),
     }
+    in_class = [test.labels == c for c in range(len(test.classes))]
     per_class = pd.DataFrame(
-        {"class": list(test.classes)}
-        | {k: [float((preds[k][test.labels == c] == c).float().mean()) for c in range(len(test.classes))] for k in MODELS}
+        {"class": list(test.classes)} | {k: [int((preds[k][m] == test.labels[m]).sum()) / int(m.sum()) for m in in_class] for k in MODELS}
     )
     timings = {st: read_json(REPORTS / st / "metrics.json")["wall_s"] for st in STAGES}
     with atomic_dir(REPORTS / "evaluate") as tmp:

@@ -1,11 +1,13 @@
 import copy
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from stages.core.bn import batch_mean_var, running_stats
 from stages.core.kd import distill, kd_loss, recalibrate_bn
 from stages.core.pruning import make_permanent, masks_of, prune_l1_unstructured
+from stages.core.runtime import StageError
 
 
 def cfg(**kw):
@@ -67,3 +69,9 @@ def test_recalibrate_bn_gives_exact_statistics(trained_toy_net):
     # running_var is the mean of per-batch unbiased variances; close to the pooled variance.
     assert torch.allclose(trained_toy_net.bn1.running_var, var, rtol=0.1)
     assert not trained_toy_net.training
+
+
+def test_divergence_stops_with_a_clear_error(trained_toy_net):
+    student = copy.deepcopy(trained_toy_net)
+    with pytest.raises(StageError, match="diverged.*distill.lr"):
+        distill(student, trained_toy_net, torch.randn(32, 1, 8, 8) * 2 + 1.5, cfg(lr=1e6, epochs=5), torch.device("cpu"), seed=0)

@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from .imageops import random_shift_flip
+from .runtime import StageError
 from .training import cosine_lambda, minibatches
 
 
@@ -78,6 +79,11 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
                 t_logits = teacher(xb)
             s_logits = student(xb)
             loss = kd_loss(s_logits, t_logits, cfg.temperature)
+            if not torch.isfinite(loss):
+                raise StageError(
+                    f"distillation diverged in epoch {epoch} (KD loss {float(loss)}): lower distill.lr "
+                    f"(now {cfg.lr}); with distill.freeze_bn = true the pruned student is less stable"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

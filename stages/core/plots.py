@@ -45,13 +45,23 @@ def curves(df, x: str, ys: list[str], path: Path, title: str, logy: bool = False
     plt.close(fig)
 
 
-def bars(names: list[str], values: list[float], path: Path, title: str, ylabel: str) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    ax.bar(names, values)
-    ax.set_ylabel(ylabel)
+def bars(names: list[str], values: list[float], path: Path, title: str, label: str, horizontal: bool = False) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1) if horizontal else (4.5, 3))
+    if horizontal:
+        ax.barh(names, values)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        lo = min(values)
+        ax.set_xlim(lo - 0.1 * (max(values) - lo + 1e-9), max(values) + 0.15 * (max(values) - lo + 1e-9))
+    else:
+        ax.bar(names, values)
+        ax.set_ylabel(label)
     ax.set_title(title, fontsize=10)
     for i, v in enumerate(values):
-        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        if horizontal:
+            ax.text(v, i, f" {v:.4f}", va="center", fontsize=8)
+        else:
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
