@@ -44,6 +44,7 @@ def main() -> None:
             tmp / "sparsity.png",
             f"per-layer sparsity ({cfg.scope} L1, {sparsity:.1%} overall)",
             "sparsity",
+            horizontal=True,
         )
     print(f"pruned {cfg.scope} L1 to sparsity {sparsity:.4f}")
 

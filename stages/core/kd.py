@@ -81,7 +81,7 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
             loss = kd_loss(s_logits, t_logits, cfg.temperature)
             if not torch.isfinite(loss):
                 raise StageError(
-                    f"distillation diverged in epoch {epoch} (KD loss {float(loss)}): lower distill.lr "
+                    f"distillation diverged in epoch {epoch} (KD loss {loss.item()}): lower distill.lr "
                     f"(now {cfg.lr}); with distill.freeze_bn = true the pruned student is less stable"
                 )
             opt.zero_grad(set_to_none=True)

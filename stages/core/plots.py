@@ -51,7 +51,7 @@ def bars(names: list[str], values: list[float], path: Path, title: str, label: s
         ax.barh(names, values)
         ax.invert_yaxis()
         ax.set_xlabel(label)
-        lo = min(values)
+        lo = 0.0 if min(values) < 0.5 * max(values) else min(values)
         ax.set_xlim(lo - 0.1 * (max(values) - lo + 1e-9), max(values) + 0.15 * (max(values) - lo + 1e-9))
     else:
         ax.bar(names, values)
