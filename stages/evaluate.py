@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.core.artifacts import atomic_dir, load_model, read_json, write_json
+from stages.core.artifacts import atomic_dir, atomic_write_text, load_model, read_json, write_json
 from stages.core.data import load_split
 from stages.core.imageops import normalize
 from stages.core.params import load_params
@@ -20,7 +20,7 @@ REPORTS = Path("reports")
 STAGES = ("train_teacher", "synthesize", "distill")
 
 
-def describe(name: str, folder: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> tuple[dict, torch.Tensor]:
+def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> tuple[dict, torch.Tensor]:
     model, _ = load_model(folder, device)
     pred = predict(model, x, batch_size, device).argmax(1)
     params = list(model.parameters())
@@ -44,7 +44,7 @@ def main() -> None:
     x = normalize(test.images, norm["mean"], norm["std"])
     rows, preds = {}, {}
     for name, folder in MODELS.items():
-        rows[name], preds[name] = describe(name, folder, x, test.labels, cfg.batch_size, device)
+        rows[name], preds[name] = describe(folder, x, test.labels, cfg.batch_size, device)
     scard = read_json(SYNTHETIC / "card.json")
     student_card = read_json(MODELS["student"] / "card.json")
     t, pr, s = (rows[k]["accuracy"] for k in ("teacher", "pruned", "student"))
@@ -70,7 +70,7 @@ def main() -> None:
         per_class.to_csv(tmp / "per_class_accuracy.csv", index=False)
         bars(list(MODELS), [rows[k]["accuracy"] for k in MODELS], tmp / "accuracy.png", "real test-split accuracy", "accuracy")
     write_json(REPORTS / "metrics.json", metrics)
-    (REPORTS / "report.md").write_text(render_report(metrics, scard, student_card, timings, data.name))
+    atomic_write_text(REPORTS / "report.md", render_report(metrics, scard, student_card, timings, data.name))
     print(f"teacher {t:.4f}  pruned {pr:.4f}  student {s:.4f}  (gap {metrics['gap_points']:.2f} points)")
 
 
