@@ -1,6 +1,5 @@
 """Stage distill: recover the pruned student by KD from the teacher on synthetic images only."""
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ from stages.core.kd import distill
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves
 from stages.core.pruning import apply_masks, global_sparsity, make_permanent
-from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything
+from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 
 TEACHER = Path("models/teacher")
 PRUNED = Path("models/pruned")
@@ -36,9 +35,10 @@ def main() -> None:
             raise StageError(f"{folder} was made from another teacher than {TEACHER} (teacher_sha256 in its card.json): rerun dvc repro")
     x = load_tensors(SYNTHETIC / "images.safetensors")["images"].float()
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-    t0 = time.perf_counter()
-    history = distill(student, teacher, x, cfg, device, common.seed)
-    wall = time.perf_counter() - t0
+    timings = {}
+    with timed(timings, "wall_s"):
+        history = distill(student, teacher, x, cfg, device, common.seed)
+    wall = timings["wall_s"]
     make_permanent(student)
     sparsity = global_sparsity(student)
     card = {

@@ -12,7 +12,7 @@ from stages.core.params import load_params
 from stages.core.plots import bars
 from stages.core.pruning import global_sparsity
 from stages.core.runtime import resolve_device, run_stage, seed_everything
-from stages.core.training import predict
+from stages.core.training import match_rate, predict
 
 MODELS = {"teacher": Path("models/teacher"), "pruned": Path("models/pruned"), "student": Path("models/student")}
 SYNTHETIC = Path("data/synthetic")
@@ -25,7 +25,7 @@ def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int, de
     pred = predict(model, x, batch_size, device).argmax(1)
     params = list(model.parameters())
     row = {
-        "accuracy": int((pred == y).sum()) / len(y),
+        "accuracy": match_rate(pred, y),
         "sparsity": global_sparsity(model),
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum((p != 0).sum() for p in params)),
@@ -52,7 +52,7 @@ def main() -> None:
         **rows,
         "gap_points": round(100 * (t - s), 3),
         "recovered_fraction": (s - pr) / (t - pr) if t != pr else None,
-        "student_teacher_agreement": int((preds["student"] == preds["teacher"]).sum()) / len(test.labels),
+        "student_teacher_agreement": match_rate(preds["student"], preds["teacher"]),
         "synthetic": {
             "n_images": scard["n_images"],
             "teacher_agreement": scard["teacher_agreement"],
@@ -63,7 +63,7 @@ def main() -> None:
     }
     in_class = [test.labels == c for c in range(len(test.classes))]
     per_class = pd.DataFrame(
-        {"class": list(test.classes)} | {k: [int((preds[k][m] == test.labels[m]).sum()) / int(m.sum()) for m in in_class] for k in MODELS}
+        {"class": list(test.classes)} | {k: [match_rate(preds[k][m], test.labels[m]) for m in in_class] for k in MODELS}
     )
     timings = {st: read_json(REPORTS / st / "metrics.json")["wall_s"] for st in STAGES}
     with atomic_dir(REPORTS / "evaluate") as tmp:

@@ -1,6 +1,5 @@
 """Stage synthesize: DeepInversion images from the teacher and its BN statistics (no real data)."""
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +11,8 @@ from stages.core.imageops import pixel_bounds
 from stages.core.inversion import LOSS_TERMS, synthesize_set
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves, image_grid
-from stages.core.runtime import resolve_device, run_stage, seed_everything
-from stages.core.training import predict
+from stages.core.runtime import resolve_device, run_stage, seed_everything, timed
+from stages.core.training import match_rate, predict
 
 TEACHER = Path("models/teacher")
 STATS = Path("models/bn_stats/stats.safetensors")
@@ -31,15 +30,23 @@ def main() -> None:
     stats = load_bn_stats(STATS, {n: m.num_features for n, m in bn_layers(teacher)})
     stats = {n: (mu.to(device), var.to(device)) for n, (mu, var) in stats.items()}
     norm = tcard["normalization"]
-    t0 = time.perf_counter()
-    images, targets, batches = synthesize_set(
-        teacher, stats, tcard["num_classes"], tuple(tcard["input_shape"]), pixel_bounds(norm["mean"], norm["std"]), cfg, common.seed, device
-    )
-    wall = time.perf_counter() - t0
+    timings = {}
+    with timed(timings, "wall_s"):
+        images, targets, batches = synthesize_set(
+            teacher,
+            stats,
+            tcard["num_classes"],
+            tuple(tcard["input_shape"]),
+            pixel_bounds(norm["mean"], norm["std"]),
+            cfg,
+            common.seed,
+            device,
+        )
+    wall = timings["wall_s"]
     images16 = images.half()
     logits = predict(teacher, images16.float(), 256, device)
     conf, pred = logits.softmax(1).max(1)
-    agreement = float((pred == targets).float().mean())
+    agreement = match_rate(pred, targets)
     curve = pd.DataFrame([{t: sum(b.curve[i][t] for b in batches) / len(batches) for t in LOSS_TERMS} for i in range(cfg.iterations)])
     curve.insert(0, "step", range(1, cfg.iterations + 1))
     bn_initial = sum(b.bn_loss_initial for b in batches) / len(batches)

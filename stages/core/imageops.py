@@ -18,13 +18,12 @@ def random_shift_flip(x: torch.Tensor, max_shift: int, flip: bool, generator: to
     """
     n, _, h, w = x.shape
     if max_shift > 0:
-        dx = torch.randint(-max_shift, max_shift + 1, (n,), generator=generator).tolist()
-        dy = torch.randint(-max_shift, max_shift + 1, (n,), generator=generator).tolist()
+        dx = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator)
+        dy = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=generator)
         pad = torch.nn.functional.pad(x, (max_shift,) * 4)
-        # Gather a crop per sample via unfold-free indexing: build index grids.
-        rows = torch.arange(h).unsqueeze(0) + max_shift - torch.tensor(dy).unsqueeze(1)  # (n, h)
-        cols = torch.arange(w).unsqueeze(0) + max_shift - torch.tensor(dx).unsqueeze(1)  # (n, w)
-        rows, cols = rows.to(x.device), cols.to(x.device)
+        # Per-sample crop of the padded batch by advanced indexing: rows (n, h) and cols (n, w).
+        rows = (torch.arange(h) + max_shift - dy).to(x.device)
+        cols = (torch.arange(w) + max_shift - dx).to(x.device)
         idx_n = torch.arange(n, device=x.device)[:, None, None]
         x = pad.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if flip:

@@ -30,8 +30,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.de
     return torch.cat(out)
 
 
+def match_rate(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Exact fraction of positions where ``pred == target`` (accuracy, agreement)."""
+    return int((pred == target).sum()) / len(target)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    return float((predict(model, x, batch_size, device).argmax(1) == y).float().mean())
+    return match_rate(predict(model, x, batch_size, device).argmax(1), y)
 
 
 def cosine_lambda(total_steps: int):
