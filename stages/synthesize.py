@@ -1,4 +1,4 @@
-"""Stage synthesize: DeepInversion images from the teacher and its BN statistics (no real data)."""
+"""Stage synthesize: synthetic images from the teacher and its BN statistics (no real data); synthesize.method picks the method."""
 
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import pandas as pd
 import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, load_bn_stats, load_model, save_tensors, sha256_file, write_json
-from stages.core.bn import bn_layers
+from stages.core.bn import bn_layers, j_kl
 from stages.core.imageops import pixel_bounds
-from stages.core.inversion import LOSS_TERMS, synthesize_set
+from stages.core.inversion import TARGETED, curve_columns, synthesize_set
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves, image_grid
 from stages.core.runtime import resolve_device, run_stage, seed_everything, timed
@@ -46,24 +46,41 @@ def main() -> None:
     images16 = images.half()
     logits = predict(teacher, images16.float(), 256, device)
     conf, pred = logits.softmax(1).max(1)
-    agreement = match_rate(pred, targets)
-    curve = pd.DataFrame([{t: sum(b.curve[i][t] for b in batches) / len(batches) for t in LOSS_TERMS} for i in range(cfg.iterations)])
-    curve.insert(0, "step", range(1, cfg.iterations + 1))
-    bn_initial = sum(b.bn_loss_initial for b in batches) / len(batches)
-    bn_final = sum(b.bn_loss_final for b in batches) / len(batches)
+    targeted = cfg.method in TARGETED
+    if not targeted:
+        targets = pred.clone()  # untargeted methods: the teacher's prediction is the label
+    agreement = match_rate(pred, targets) if targeted else None
+    pred_counts = torch.bincount(pred, minlength=tcard["num_classes"])
+    columns = curve_columns(cfg.method)
+    if cfg.method == "gaussian":  # nothing optimized: one row with the noise's BN losses
+        curve = pd.DataFrame(
+            [{"step": 0, "total": 0.0, "bn_l2": mean_of(batches, "bn_loss_final"), "bns_kl": mean_of(batches, "bns_kl_final")}]
+        )
+    else:
+        curve = pd.DataFrame([{c: sum(b.curve[i][c] for b in batches) / len(batches) for c in columns} for i in range(cfg.iterations)])
+        curve.insert(0, "step", range(1, cfg.iterations + 1))
+    bn_initial, bn_final = mean_of(batches, "bn_loss_initial"), mean_of(batches, "bn_loss_final")
+    kl_initial, kl_final = mean_of(batches, "bns_kl_initial"), mean_of(batches, "bns_kl_final")
+    set_jkl = j_kl(teacher, images16.float(), 256, device)
     classes = tcard["classes"]
     card = {
         "kind": "synthetic_set",
-        "method": "deepinversion",
+        "method": cfg.method,
+        "targeted": targeted,
+        "labels": "target class" if targeted else "teacher prediction (untargeted method)",
         "n_images": len(images),
         "input_shape": tcard["input_shape"],
         "storage": "float16, teacher-normalized input space",
         "classes": classes,
         "teacher_sha256": sha256_file(TEACHER / "model.safetensors"),
         "bn_stats_sha256": sha256_file(STATS),
-        "teacher_agreement": round(agreement, 6),
+        "teacher_agreement": None if agreement is None else round(agreement, 6),
+        "pred_class_balance": round(class_balance(pred_counts), 6),
         "bn_loss_initial": round(bn_initial, 6),
         "bn_loss_final": round(bn_final, 6),
+        "bns_kl_initial": round(kl_initial, 6),
+        "bns_kl_final": round(kl_final, 6),
+        "j_kl": round(set_jkl, 6),
         "params": {"common": as_dict(common), "synthesize": as_dict(cfg)},
         "versions": library_versions(),
     }
@@ -73,8 +90,8 @@ def main() -> None:
     counts = pd.DataFrame(
         {
             "class": classes,
-            "targets": torch.bincount(targets, minlength=len(classes)).tolist(),
-            "teacher_pred": torch.bincount(pred, minlength=len(classes)).tolist(),
+            "targets": torch.bincount(targets, minlength=len(classes)).tolist() if targeted else [None] * len(classes),
+            "teacher_pred": pred_counts.tolist(),
         }
     )
     with atomic_dir(REPORTS) as tmp:
@@ -83,19 +100,24 @@ def main() -> None:
         write_json(
             tmp / "metrics.json",
             {
+                "method": cfg.method,
                 "n_images": len(images),
                 "teacher_agreement": agreement,
+                "pred_class_balance": class_balance(pred_counts),
                 "mean_teacher_confidence": float(conf.mean()),
                 "bn_loss_initial": bn_initial,
                 "bn_loss_final": bn_final,
                 "bn_loss_reduction": bn_initial / max(bn_final, 1e-12),
+                "bns_kl_initial": kl_initial,
+                "bns_kl_final": kl_final,
+                "j_kl": set_jkl,
                 "wall_s": round(wall, 2),
                 "images_per_s": len(images) / wall,
-                "image_iterations_per_s": len(images) * cfg.iterations / wall,
+                "image_iterations_per_s": len(images) * (0 if cfg.method == "gaussian" else cfg.iterations) / wall,
                 "device": str(device),
             },
         )
-        curves(curve, "step", list(LOSS_TERMS), tmp / "loss.png", "DeepInversion losses (mean over batches)", logy=True)
+        curves(curve, "step", columns, tmp / "loss.png", f"{cfg.method} losses (mean over batches)", logy=True)
         image_grid(
             images16,
             targets,
@@ -104,11 +126,21 @@ def main() -> None:
             norm["std"],
             cfg.grid_per_class,
             tmp / "grid.png",
-            "synthetic images (rows: target class)",
+            f"{cfg.method} images (rows: {'target class' if targeted else 'teacher prediction'})",
         )
-    print(
-        f"{len(images)} images in {wall:.0f} s; teacher agrees with targets on {agreement:.1%}; BN loss {bn_initial:.2f} -> {bn_final:.3f}"
-    )
+    agree = f"teacher agrees with targets on {agreement:.1%}" if targeted else f"teacher's class balance {class_balance(pred_counts):.3f}"
+    print(f"{cfg.method}: {len(images)} images in {wall:.1f} s; {agree}; BN-L2 {bn_initial:.2f} -> {bn_final:.3f}; J_KL {set_jkl:.4f}")
+
+
+def mean_of(batches, attr: str) -> float:
+    return sum(getattr(b, attr) for b in batches) / len(batches)
+
+
+def class_balance(counts: torch.Tensor) -> float:
+    """Normalized entropy of a class histogram: 1 = every class equally often, 0 = one class only."""
+    p = counts.double() / counts.sum()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum() / torch.log(torch.tensor(float(len(counts)), dtype=torch.float64)))
 
 
 if __name__ == "__main__":

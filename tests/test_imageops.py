@@ -1,6 +1,14 @@
 import torch
 
-from stages.core.imageops import normalize, pixel_bounds, random_shift_flip
+from stages.core.imageops import (
+    augment_copies,
+    normalize,
+    pixel_bounds,
+    random_cutout,
+    random_resized_crop,
+    random_shift_flip,
+    smoothing_prior,
+)
 
 
 def test_no_augmentation_is_identity():
@@ -37,3 +45,51 @@ def test_normalize_and_bounds():
     x = normalize(u8, [0.5], [0.25])
     lo, hi = pixel_bounds([0.5], [0.25])
     assert torch.allclose(x.flatten(), torch.tensor([float(lo), float(hi)]))
+
+
+def test_augment_copies_layout_and_identity():
+    x = torch.randn(3, 1, 6, 6)
+    y = augment_copies(x, 4, torch.Generator().manual_seed(0))
+    assert y.shape == (12, 1, 6, 6)
+    assert all(torch.equal(y[k * 3 : (k + 1) * 3], x) for k in range(4))  # no augmentation: exact copies, copy-major
+
+
+def test_crop_resize_and_cutout():
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(16, 1, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    full = random_resized_crop(x, 1.0, gen)
+    assert torch.allclose(full, x, atol=1e-4)  # area 1: the identity resampling
+    crops = random_resized_crop(x, 0.3, gen)
+    assert crops.shape == x.shape and not torch.allclose(crops, x)
+    holes = random_cutout(torch.ones(16, 2, 8, 8), 0.25, gen)
+    zeros = (holes == 0).sum((1, 2, 3))
+    assert (zeros > 0).all() and (zeros <= 2 * 9).all()  # one square of side <= 3 per image, both channels
+
+
+def test_duplicates_gradient_is_mean_over_copies():
+    """Averaging a per-sample loss over D augmented copies gives each image the mean of its copies' gradients."""
+    torch.manual_seed(0)
+    w = torch.randn(1, 6, 6)
+    x = torch.randn(3, 1, 6, 6, requires_grad=True)
+    kw = dict(max_shift=1, flip=True, crop_min_area=0.5, cutout=0.3)
+
+    def per_sample_loss(xa):
+        return (xa * w).sum((1, 2, 3)) ** 2
+
+    xa = augment_copies(x, 4, torch.Generator().manual_seed(7), **kw)
+    (grad_all,) = torch.autograd.grad(per_sample_loss(xa).mean(), x)
+    per_copy = []
+    for k in range(4):
+        xa = augment_copies(x, 4, torch.Generator().manual_seed(7), **kw)
+        (g,) = torch.autograd.grad(per_sample_loss(xa[k * 3 : (k + 1) * 3]).mean(), x)
+        per_copy.append(g)
+    assert torch.allclose(grad_all, torch.stack(per_copy).mean(0), atol=1e-5)
+    # Without augmentation, D identical copies give exactly the single-copy gradient.
+    (g1,) = torch.autograd.grad(per_sample_loss(augment_copies(x, 1, torch.Generator())).mean(), x)
+    (g4,) = torch.autograd.grad(per_sample_loss(augment_copies(x, 4, torch.Generator())).mean(), x)
+    assert torch.allclose(g1, g4, atol=1e-5)
+
+
+def test_smoothing_prior_prefers_smooth_images():
+    smooth = torch.linspace(0, 1, 8).view(1, 1, 1, 8).repeat(2, 1, 8, 1)
+    assert float(smoothing_prior(smooth, 1.0)) < float(smoothing_prior(torch.randn(2, 1, 8, 8), 1.0))

@@ -18,6 +18,7 @@ TINY = {
     "train_teacher": {"max_train_images": 3000, "epochs": 2},
     "synthesize": {"n_images": 40, "batch_size": 20, "iterations": 15, "grid_per_class": 2},
     "distill": {"epochs": 2, "batch_size": 20},
+    "evaluate": {"jkl_max_images": 2000},
 }
 ALL_STAGES = {"prepare_data", "train_teacher", "extract_bn_stats", "synthesize", "prune", "distill", "evaluate"}
 

@@ -60,3 +60,78 @@ def bn_l2_loss(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict
     """sum over layers of ||mu_batch - mu_target||_2 + ||var_batch - var_target||_2."""
     terms = [torch.linalg.vector_norm(mu - target[n][0]) + torch.linalg.vector_norm(var - target[n][1]) for n, (mu, var) in batch.items()]
     return torch.stack(terms).sum()
+
+
+# --- BN-Stats (BNS) divergence of "The Knowledge Within" (Haroush et al. 2020) ---------------------------------------
+#
+# The input normalization counts as one more "layer": normalized training data has per-channel
+# mean 0 and variance 1, so the network input's batch statistics are compared with (0, 1).
+
+INPUT = "input"
+BATCH_VAR_EPS = 1e-8
+
+
+def with_input(stats: dict, x: torch.Tensor) -> dict:
+    """``stats`` plus the batch statistics of the network input ``x`` under the key ``INPUT``."""
+    return {INPUT: batch_mean_var(x), **stats}
+
+
+def with_input_target(stats: dict, channels: int) -> dict:
+    """``stats`` plus the input layer's target (mean 0, var 1 per channel in normalized space)."""
+    ref = next(iter(stats.values()))[0] if stats else torch.zeros(0)
+    return {INPUT: (torch.zeros(channels, device=ref.device), torch.ones(channels, device=ref.device)), **stats}
+
+
+def gaussian_kl(mu_p: torch.Tensor, var_p: torch.Tensor, mu_q: torch.Tensor, var_q: torch.Tensor) -> torch.Tensor:
+    """Per-channel KL(N(mu_p, var_p) || N(mu_q, var_q))."""
+    return 0.5 * (torch.log(var_q / var_p) + (var_p + (mu_p - mu_q) ** 2) / var_q - 1.0)
+
+
+def bns_kl(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Mean over layers of the channel-mean KL(N(stored mu, var) || N(batch mu, var + 1e-8)).
+
+    ``target`` holds the stored (running) statistics; every layer of ``batch`` must be in it.
+    """
+    terms = []
+    for name, (mu_b, var_b) in batch.items():
+        mu_s, var_s = target[name]
+        terms.append(gaussian_kl(mu_s, var_s.clamp_min(BATCH_VAR_EPS), mu_b, var_b + BATCH_VAR_EPS).mean())
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def dataset_stats(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str = "cpu") -> dict:
+    """Per-channel mean and variance of every BN input (and of the network input) over a whole data set.
+
+    ``model`` runs in eval mode; batches are pooled exactly (float64 sums), so the result does
+    not depend on the batch size.
+    """
+    model.eval()
+    sums: dict[str, list] = {}
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
+        with BatchStatsHook(model) as hook:
+            model(xb)
+        for name, (mu, var) in with_input(hook.stats, xb).items():
+            n = len(xb)
+            mu, var = mu.double(), var.double()
+            acc = sums.setdefault(name, [0, 0.0, 0.0])
+            acc[0] += n
+            acc[1] = acc[1] + n * mu
+            acc[2] = acc[2] + n * (var + mu * mu)
+    out = {}
+    for name, (n, s1, s2) in sums.items():
+        mean = s1 / n
+        out[name] = (mean.float(), (s2 / n - mean * mean).clamp_min(0).float())
+    return out
+
+
+def j_kl(model: nn.Module, x: torch.Tensor, batch_size: int = 500, device: torch.device | str = "cpu") -> float:
+    """The BNS divergence of a data set ``x`` (normalized inputs) from the model's training data.
+
+    Mean over BN layers (and the input) of KL(N(running stats) || N(data set's stats)); ~0 for
+    data distributed like the training data, large for data unlike it.
+    """
+    channels = x.shape[1]
+    target = with_input_target({n: (mu.to(device), var.to(device)) for n, (mu, var) in running_stats(model).items()}, channels)
+    return float(bns_kl(dataset_stats(model, x, batch_size, device), target))

@@ -67,6 +67,7 @@ class ExtractBnStats:
 
 @dataclass(frozen=True)
 class Synthesize:
+    method: str = _p("deepinversion", choices=("deepinversion", "gaussian", "inception", "bns", "bns_inception"))
     n_images: int = _p(1024, 1, 10_000_000)
     batch_size: int = _p(256, 1, 65536)
     iterations: int = _p(200, 1, 100_000)
@@ -75,6 +76,14 @@ class Synthesize:
     lambda_ce: float = _p(1.0, 0.0, 1e6)
     lambda_tv: float = _p(1e-5, 0.0, 1e6)
     lambda_l2: float = _p(0.0, 0.0, 1e6)
+    lambda_bns: float = _p(1.0, 0.0, 1e6)  # alpha: BNS KL weight (bns, bns_inception)
+    lambda_prior: float = _p(1.0, 0.0, 1e6)  # beta: smoothing prior MSE(x, blur(x)) (inception, bns, bns_inception)
+    lambda_inception: float = _p(1.0, 0.0, 1e6)  # gamma: exp(-logit/scale) (inception, bns_inception)
+    inception_scale: float = _p(1.0, 0.0, 1e4, lo_open=True)
+    blur_sigma: float = _p(1.0, 0.0, 16.0, lo_open=True)
+    duplicates: int = _p(1, 1, 256)  # in-batch augmentation: copies of each image per forward pass
+    crop_min_area: float = _p(1.0, 0.0, 1.0, lo_open=True)  # random resized crop of each copy; 1 = off
+    cutout: float = _p(0.0, 0.0, 1.0, hi_open=True)  # side of the cutout square / image height; 0 = off
     max_shift: int = _p(2, 0, 64)
     flip: bool = _p(True)
     grid_per_class: int = _p(8, 1, 64)
@@ -105,6 +114,8 @@ class Distill:
 @dataclass(frozen=True)
 class Evaluate:
     batch_size: int = _p(1000, 1, 65536)
+    fgsm_eps: float = _p(0.1, 0.0, 1.0)  # FGSM step in [0, 1] pixel units for the J_KL table's adversarial set
+    jkl_max_images: int = _p(0, 0, 10_000_000)  # J_KL table: at most this many images per data set (0 = all)
 
 
 SECTIONS = {

@@ -45,14 +45,17 @@ def curves(df, x: str, ys: list[str], path: Path, title: str, logy: bool = False
     plt.close(fig)
 
 
-def bars(names: list[str], values: list[float], path: Path, title: str, label: str, horizontal: bool = False) -> None:
+def bars(names: list[str], values: list[float], path: Path, title: str, label: str, horizontal: bool = False, logx: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1) if horizontal else (4.5, 3))
     if horizontal:
         ax.barh(names, values)
         ax.invert_yaxis()
         ax.set_xlabel(label)
-        lo = 0.0 if min(values) < 0.5 * max(values) else min(values)
-        ax.set_xlim(lo - 0.1 * (max(values) - lo + 1e-9), max(values) + 0.15 * (max(values) - lo + 1e-9))
+        if logx:
+            ax.set_xscale("log")
+        else:
+            lo = 0.0 if min(values) < 0.5 * max(values) else min(values)
+            ax.set_xlim(lo - 0.1 * (max(values) - lo + 1e-9), max(values) + 0.15 * (max(values) - lo + 1e-9))
     else:
         ax.bar(names, values)
         ax.set_ylabel(label)

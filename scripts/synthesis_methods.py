@@ -1,0 +1,143 @@
+"""Compare the synthesis methods end to end with DVC experiments (issue: methods of "The Knowledge Within").
+
+    python scripts/synthesis_methods.py queue     # dvc exp run --queue, one experiment per row of RUNS
+    dvc exp run --run-all                          # runs the queue (reuses the cached teacher and pruned model)
+    python scripts/synthesis_methods.py collect   # dvc exp show --json -> reports/methods/methods.{csv,md,png}
+
+Every method makes the same number of images; the optimizing ones run the same number of
+iterations on the same batches (the same compute budget). The default run (HEAD's
+workspace, method deepinversion) is the baseline row.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages.core.artifacts import atomic_dir  # noqa: E402
+from stages.core.plots import bars  # noqa: E402
+
+OUT = ROOT / "reports" / "methods"
+PREFIX = "method-"
+RUNS = {
+    "gaussian": ["synthesize.method=gaussian"],
+    "gaussian-frozen-bn": ["synthesize.method=gaussian", "distill.freeze_bn=true"],
+    "inception": ["synthesize.method=inception"],
+    "bns": ["synthesize.method=bns"],
+    "bns-no-prior": ["synthesize.method=bns", "synthesize.lambda_prior=0"],
+    "bns-inception": ["synthesize.method=bns_inception"],
+    "deepinversion-frozen-bn": ["distill.freeze_bn=true"],
+}
+
+
+def dvc(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
+def queue() -> None:
+    for name, sets in RUNS.items():
+        args = ["exp", "run", "--queue", "-n", PREFIX + name]
+        for s in sets:
+            args += ["-S", s]
+        dvc(*args)
+        print("queued", PREFIX + name, " ".join(sets))
+
+
+def experiments(doc) -> list[tuple[str, dict]]:
+    """(name, data) of the baseline workspace/HEAD and of every experiment in a `dvc exp show --json` document."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "rev" in node and isinstance(node.get("data"), dict):
+                found.append((node.get("name") or node["rev"], node["data"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    return found
+
+
+def row(name: str, data: dict) -> dict | None:
+    metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+    params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+    if not metrics or not params:
+        return None
+    syn, dis = params["synthesize"], params["distill"]
+    jkl = metrics.get("j_kl_relative_to_train", {})
+    return {
+        "run": name,
+        "method": syn["method"],
+        "lambda_prior": syn.get("lambda_prior"),
+        "freeze_bn": dis["freeze_bn"],
+        "n_images": metrics["synthetic"]["n_images"],
+        "iterations": 0 if syn["method"] == "gaussian" else syn["iterations"],
+        "student_acc": metrics["student"]["accuracy"],
+        "gap_points": metrics["gap_points"],
+        "pruned_acc": metrics["pruned"]["accuracy"],
+        "teacher_acc": metrics["teacher"]["accuracy"],
+        "synthetic_j_kl_rel": jkl.get("synthetic"),
+        "teacher_agreement": metrics["synthetic"].get("teacher_agreement"),
+        "class_balance": metrics["synthetic"].get("pred_class_balance"),
+        "synth_wall_s": metrics.get("wall_s", {}).get("synthesize"),
+    }
+
+
+def collect() -> None:
+    doc = json.loads(dvc("exp", "show", "--json"))
+    rows, seen = [], set()
+    for name, data in experiments(doc):
+        if name in seen or not (name.startswith(PREFIX) or name == "workspace"):
+            continue
+        r = row("deepinversion (default)" if name == "workspace" else name[len(PREFIX) :], data)
+        if r:
+            rows.append(r)
+            seen.add(name)
+    df = pd.DataFrame(rows).sort_values("student_acc", ascending=False)
+    with atomic_dir(OUT) as tmp:
+        df.to_csv(tmp / "methods.csv", index=False)
+        (tmp / "methods.md").write_text(render(df))
+        bars(
+            list(df["run"]),
+            [100 * v for v in df["student_acc"]],
+            tmp / "methods.png",
+            "recovered accuracy by synthesis method",
+            "test accuracy (%)",
+            horizontal=True,
+        )
+    print(render(df))
+
+
+def render(df: pd.DataFrame) -> str:
+    t = df.iloc[0]
+    lines = [
+        f"# Synthesis methods at 75% sparsity (teacher {t.teacher_acc:.2%}, pruned {t.pruned_acc:.2%})",
+        "",
+        "Same teacher, pruned model and distillation; each method makes the same number of images and the",
+        "optimizing ones run the same iterations on the same batch size. J_KL relative to the real train split.",
+        "",
+        "| run | method | freeze_bn | images x iterations | student | gap (points) | synthetic J_KL / train "
+        "| teacher agreement | class balance | synthesis s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in df.itertuples():
+        agree = "-" if pd.isna(r.teacher_agreement) else f"{r.teacher_agreement:.1%}"
+        lines.append(
+            f"| {r.run} | {r.method} | {r.freeze_bn} | {r.n_images} x {r.iterations} | {r.student_acc:.2%} | {r.gap_points:.2f} "
+            f"| {r.synthetic_j_kl_rel:.2f} | {agree} | {r.class_balance:.3f} | {r.synth_wall_s:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    {"queue": queue, "collect": collect}[sys.argv[1] if len(sys.argv) > 1 else "collect"]()
