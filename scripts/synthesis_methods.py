@@ -34,6 +34,8 @@ RUNS = {
     "bns-no-prior": ["synthesize.method=bns", "synthesize.lambda_prior=0"],
     "bns-inception": ["synthesize.method=bns_inception"],
     "deepinversion-frozen-bn": ["distill.freeze_bn=true"],
+    # In-batch augmentation at the same compute: 4 copies x 50 iterations = 1 copy x 200 iterations.
+    "bns-4-copies-crop": ["synthesize.method=bns", "synthesize.duplicates=4", "synthesize.iterations=50", "synthesize.crop_min_area=0.7"],
 }
 
 
