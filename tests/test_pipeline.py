@@ -115,3 +115,21 @@ def test_experiment_with_other_sparsity(ws):
     assert abs(m["student"]["sparsity"] - 0.9) < 0.005
     text = json.dumps(json.loads(dvc(ws, "exp", "show", "--json")))
     assert text.count('"sparsity": 0.9') >= 1 and text.count('"sparsity": 0.75') >= 1
+
+
+def test_experiment_with_another_synthesis_method(ws):
+    """`dvc exp run -S synthesize.method=...` yields a student; the J_KL table and lineage see the new set."""
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-q", "-m", "sparsity experiment applied")
+    out = dvc(
+        ws, "exp", "run", "-S", "synthesize.method=bns_inception", "-S", "synthesize.duplicates=2", "-S", "synthesize.crop_min_area=0.8"
+    )
+    assert ran(out) == {"synthesize", "distill", "evaluate"}
+    card = json.loads((ws / "data/synthetic/card.json").read_text())
+    assert card["method"] == "bns_inception" and card["n_images"] == 40
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    jkl = m["j_kl_relative_to_train"]
+    assert jkl["train"] == 1.0 and jkl["gaussian_noise"] > 5 and jkl["uniform_noise"] > 5
+    assert 0.1 < m["student"]["accuracy"] <= 1.0
+    r = sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
+    assert "DATA-FREE" in r and "synthesize.method=bns_inception" in r
