@@ -1,6 +1,6 @@
 """Compare the synthesis methods end to end with DVC experiments (issue: methods of "The Knowledge Within").
 
-    python scripts/synthesis_methods.py queue     # dvc exp run --queue, one experiment per row of RUNS
+    python scripts/synthesis_methods.py queue [NAME ...]  # dvc exp run --queue, one experiment per entry of RUNS
     dvc exp run --run-all                          # runs the queue (reuses the cached teacher and pruned model)
     python scripts/synthesis_methods.py collect   # dvc exp show --json -> reports/methods/methods.{csv,md,png}
 
@@ -22,29 +22,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages.core.artifacts import atomic_dir  # noqa: E402
+from stages.core.experiments import exp_nodes  # noqa: E402
 from stages.core.plots import bars  # noqa: E402
 
 OUT = ROOT / "reports" / "methods"
 PREFIX = "method-"
 RUNS = {
     "gaussian": ["synthesize.method=gaussian"],
-    "gaussian-frozen-bn": ["synthesize.method=gaussian", "distill.freeze_bn=true"],
+    # Frozen BN diverges at the default lr 1e-2 (NaN in epoch 1 on Gaussian noise): the paper's lr 1e-3.
+    "gaussian-frozen-bn": ["synthesize.method=gaussian", "distill.freeze_bn=true", "distill.lr=0.001"],
     "inception": ["synthesize.method=inception"],
     "bns": ["synthesize.method=bns"],
     "bns-no-prior": ["synthesize.method=bns", "synthesize.lambda_prior=0"],
     "bns-inception": ["synthesize.method=bns_inception"],
-    "deepinversion-frozen-bn": ["distill.freeze_bn=true"],
+    "deepinversion-frozen-bn": ["distill.freeze_bn=true", "distill.lr=0.001"],
     # In-batch augmentation at the same compute: 4 copies x 50 iterations = 1 copy x 200 iterations.
     "bns-4-copies-crop": ["synthesize.method=bns", "synthesize.duplicates=4", "synthesize.iterations=50", "synthesize.crop_min_area=0.7"],
 }
 
 
 def dvc(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"dvc {' '.join(args)} failed:\n{r.stderr.strip()}")
+    return r.stdout
 
 
-def queue() -> None:
+def queue(names: list[str]) -> None:
     for name, sets in RUNS.items():
+        if names and name not in names:
+            continue
         args = ["exp", "run", "--queue", "-n", PREFIX + name]
         for s in sets:
             args += ["-S", s]
@@ -53,21 +60,8 @@ def queue() -> None:
 
 
 def experiments(doc) -> list[tuple[str, dict]]:
-    """(name, data) of the baseline workspace/HEAD and of every experiment in a `dvc exp show --json` document."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "rev" in node and isinstance(node.get("data"), dict):
-                found.append((node.get("name") or node["rev"], node["data"]))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(doc)
-    return found
+    """(name, data with its rev) of the workspace, each commit and every experiment of a `dvc exp show --json` document."""
+    return [(name, dict(data, rev=rev)) for name, rev, data in exp_nodes(doc)]
 
 
 def row(name: str, data: dict) -> dict | None:
@@ -79,6 +73,7 @@ def row(name: str, data: dict) -> dict | None:
     jkl = metrics.get("j_kl_relative_to_train", {})
     return {
         "run": name,
+        "rev": data.get("rev"),
         "method": syn["method"],
         "lambda_prior": syn.get("lambda_prior"),
         "freeze_bn": dis["freeze_bn"],
@@ -90,9 +85,16 @@ def row(name: str, data: dict) -> dict | None:
         "teacher_acc": metrics["teacher"]["accuracy"],
         "synthetic_j_kl_rel": jkl.get("synthetic"),
         "teacher_agreement": metrics["synthetic"].get("teacher_agreement"),
-        "class_balance": metrics["synthetic"].get("pred_class_balance"),
         "synth_wall_s": metrics.get("wall_s", {}).get("synthesize"),
     }
+
+
+def synth_metrics(rev: str) -> dict:
+    """reports/synthesize/metrics.json of an experiment (from its git commit) or of the workspace."""
+    if rev == "workspace":
+        return json.loads((ROOT / "reports/synthesize/metrics.json").read_text())
+    blob = subprocess.run(["git", "show", f"{rev}:reports/synthesize/metrics.json"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(blob.stdout)
 
 
 def collect() -> None:
@@ -106,6 +108,7 @@ def collect() -> None:
             rows.append(r)
             seen.add(name)
     df = pd.DataFrame(rows).sort_values("student_acc", ascending=False)
+    df["class_balance"] = [synth_metrics(rev).get("pred_class_balance") for rev in df["rev"]]
     with atomic_dir(OUT) as tmp:
         df.to_csv(tmp / "methods.csv", index=False)
         (tmp / "methods.md").write_text(render(df))
@@ -136,10 +139,15 @@ def render(df: pd.DataFrame) -> str:
         agree = "-" if pd.isna(r.teacher_agreement) else f"{r.teacher_agreement:.1%}"
         lines.append(
             f"| {r.run} | {r.method} | {r.freeze_bn} | {r.n_images} x {r.iterations} | {r.student_acc:.2%} | {r.gap_points:.2f} "
-            f"| {r.synthetic_j_kl_rel:.2f} | {agree} | {r.class_balance:.3f} | {r.synth_wall_s:.0f} |"
+            f"| {r.synthetic_j_kl_rel:.2f} | {agree} | {r.class_balance:.3f} | {r.synth_wall_s:.1f} |"
         )
+    lines += ["", "Synthetic images of each run (rows: target class, or the teacher's prediction for untargeted methods):", ""]
+    lines += [f"![{r.run}](grid_{r.run.split(' ')[0]}.png)" for r in df.itertuples()]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    {"queue": queue, "collect": collect}[sys.argv[1] if len(sys.argv) > 1 else "collect"]()
+    if len(sys.argv) > 1 and sys.argv[1] == "queue":
+        queue(sys.argv[2:])  # optional run names: queue only those
+    else:
+        collect()
