@@ -79,6 +79,7 @@ def row(name: str, data: dict) -> dict | None:
         "freeze_bn": dis["freeze_bn"],
         "n_images": metrics["synthetic"]["n_images"],
         "iterations": 0 if syn["method"] == "gaussian" else syn["iterations"],
+        "duplicates": syn.get("duplicates", 1),
         "student_acc": metrics["student"]["accuracy"],
         "gap_points": metrics["gap_points"],
         "pruned_acc": metrics["pruned"]["accuracy"],
@@ -89,16 +90,19 @@ def row(name: str, data: dict) -> dict | None:
     }
 
 
-def synth_metrics(rev: str) -> dict:
-    """reports/synthesize/metrics.json of an experiment (from its git commit) or of the workspace."""
+def git_file(rev: str, path: str) -> bytes:
+    """A file as committed in an experiment (or as it is in the workspace)."""
     if rev == "workspace":
-        return json.loads((ROOT / "reports/synthesize/metrics.json").read_text())
-    blob = subprocess.run(["git", "show", f"{rev}:reports/synthesize/metrics.json"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(blob.stdout)
+        return (ROOT / path).read_bytes()
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, check=True).stdout
+
+
+def synth_metrics(rev: str) -> dict:
+    return json.loads(git_file(rev, "reports/synthesize/metrics.json"))
 
 
 def collect() -> None:
-    doc = json.loads(dvc("exp", "show", "--json"))
+    doc = json.loads(dvc("exp", "show", "--json", "-A"))
     rows, seen = [], set()
     for name, data in experiments(doc):
         if name in seen or not (name.startswith(PREFIX) or name == "workspace"):
@@ -120,6 +124,8 @@ def collect() -> None:
             "test accuracy (%)",
             horizontal=True,
         )
+        for r in df.itertuples():  # each run's image grid, from its experiment commit
+            (tmp / f"grid_{r.run.split(' ')[0]}.png").write_bytes(git_file(r.rev, "reports/synthesize/grid.png"))
     print(render(df))
 
 
@@ -131,14 +137,16 @@ def render(df: pd.DataFrame) -> str:
         "Same teacher, pruned model and distillation; each method makes the same number of images and the",
         "optimizing ones run the same iterations on the same batch size. J_KL relative to the real train split.",
         "",
-        "| run | method | freeze_bn | images x iterations | student | gap (points) | synthetic J_KL / train "
+        "| run | method | freeze_bn | images x iterations (x copies) | student | gap (points) | synthetic J_KL / train "
         "| teacher agreement | class balance | synthesis s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in df.itertuples():
         agree = "-" if pd.isna(r.teacher_agreement) else f"{r.teacher_agreement:.1%}"
+        copies = f" x {r.duplicates} copies" if r.duplicates > 1 else ""
         lines.append(
-            f"| {r.run} | {r.method} | {r.freeze_bn} | {r.n_images} x {r.iterations} | {r.student_acc:.2%} | {r.gap_points:.2f} "
+            f"| {r.run} | {r.method} | {r.freeze_bn} | {r.n_images} x {r.iterations}{copies} "
+            f"| {r.student_acc:.2%} | {r.gap_points:.2f} "
             f"| {r.synthetic_j_kl_rel:.2f} | {agree} | {r.class_balance:.3f} | {r.synth_wall_s:.1f} |"
         )
     lines += ["", "Synthetic images of each run (rows: target class, or the teacher's prediction for untargeted methods):", ""]
