@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stages.core.artifacts import atomic_dir  # noqa: E402
+from stages.core.experiments import exp_nodes  # noqa: E402
 from stages.core.plots import bars  # noqa: E402
 
 OUT = ROOT / "reports" / "methods"
@@ -59,21 +60,8 @@ def queue(names: list[str]) -> None:
 
 
 def experiments(doc) -> list[tuple[str, dict]]:
-    """(name, data) of the baseline workspace/HEAD and of every experiment in a `dvc exp show --json` document."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "rev" in node and isinstance(node.get("data"), dict):
-                found.append((node.get("name") or node["rev"], dict(node["data"], rev=node["rev"])))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(doc)
-    return found
+    """(name, data with its rev) of the workspace, each commit and every experiment of a `dvc exp show --json` document."""
+    return [(name, dict(data, rev=rev)) for name, rev, data in exp_nodes(doc)]
 
 
 def row(name: str, data: dict) -> dict | None:

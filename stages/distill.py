@@ -1,4 +1,10 @@
-"""Stage distill: recover the pruned student by KD from the teacher on synthetic images only."""
+"""Stage distill: recover the pruned student by KD from the teacher on a transfer set.
+
+distill.transfer_set picks data/synthetic (default, data-free), data/gaussian (noise baseline,
+data-free) or data/real (real training images: NOT data-free, the upper-bound baseline);
+dvc.yaml makes the chosen folder the stage's dependency, so dvc.lock and the lineage
+command show which one a student saw.
+"""
 
 from pathlib import Path
 
@@ -14,7 +20,6 @@ from stages.core.runtime import StageError, resolve_device, run_stage, seed_ever
 
 TEACHER = Path("models/teacher")
 PRUNED = Path("models/pruned")
-SYNTHETIC = Path("data/synthetic")
 OUT = Path("models/student")
 REPORTS = Path("reports/distill")
 
@@ -28,28 +33,29 @@ def main() -> None:
     student, pcard = load_model(PRUNED, device)
     masks = load_tensors(PRUNED / "masks.safetensors")
     apply_masks(student, masks)
-    scard = read_json(SYNTHETIC / "card.json")
+    transfer = Path("data") / cfg.transfer_set
+    scard = read_json(transfer / "card.json")
     teacher_sha = sha256_file(TEACHER / "model.safetensors")
-    for folder, card in ((PRUNED, pcard), (SYNTHETIC, scard)):
+    for folder, card in ((PRUNED, pcard), (transfer, scard)):
         if card["teacher_sha256"] != teacher_sha:
             raise StageError(f"{folder} was made from another teacher than {TEACHER} (teacher_sha256 in its card.json): rerun dvc repro")
-    x = load_tensors(SYNTHETIC / "images.safetensors")["images"].float()
+    x = load_tensors(transfer / "images.safetensors")["images"].float()
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     timings = {}
     with timed(timings, "wall_s"):
-        history = distill(student, teacher, x, cfg, device, common.seed)
+        history = distill(student, teacher, x, cfg, device, common.seed * 1_000_003 + cfg.seed)
     wall = timings["wall_s"]
     make_permanent(student)
     sparsity = global_sparsity(student)
     card = {
         "kind": "student",
         **{k: pcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
-        "data_free": True,
-        "transfer_set": "synthetic",
+        "data_free": bool(scard.get("data_free", True)),
+        "transfer_set": cfg.transfer_set,
+        "transfer_set_sha256": sha256_file(transfer / "images.safetensors"),
         "teacher_sha256": teacher_sha,
         "pruned_sha256": sha256_file(PRUNED / "model.safetensors"),
         "masks_sha256": sha256_file(PRUNED / "masks.safetensors"),
-        "synthetic_sha256": sha256_file(SYNTHETIC / "images.safetensors"),
         "sparsity": round(sparsity, 6),
         "params": {"common": as_dict(common), "distill": as_dict(cfg)},
         "versions": library_versions(),
@@ -71,8 +77,10 @@ def main() -> None:
             },
         )
         if len(df):
-            curves(df, "epoch", ["kd_loss", "teacher_agreement"], tmp / "curve.png", "distillation on synthetic images")
-    print(f"distilled {cfg.epochs} epochs in {wall:.0f} s; sparsity {sparsity:.4f}")
+            ys = ["kd_loss", "teacher_agreement"] + (["iq_loss"] if cfg.iq_beta > 0 else [])
+            curves(df, "epoch", ys, tmp / "curve.png", f"distillation on the {cfg.transfer_set} transfer set")
+    label = "" if card["data_free"] else " (NOT data-free: real training images)"
+    print(f"distilled {cfg.epochs} epochs on {cfg.transfer_set}{label} in {wall:.0f} s; sparsity {sparsity:.4f}")
 
 
 if __name__ == "__main__":

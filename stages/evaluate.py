@@ -58,7 +58,9 @@ def main() -> None:
         "student_teacher_agreement": match_rate(preds["student"], preds["teacher"]),
         "synthetic": {
             "n_images": scard["n_images"],
+            "method": scard.get("method", "deepinversion"),
             "teacher_agreement": scard["teacher_agreement"],
+            "pred_class_balance": scard.get("pred_class_balance"),
             "bn_loss_final": scard["bn_loss_final"],
         },
         "data_free": bool(student_card.get("data_free")),
@@ -119,10 +121,16 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
         if scard.get("teacher_agreement") is not None
         else f"untargeted; class balance of the teacher's predictions {scard['pred_class_balance']:.3f}"
     )
-    if m["data_free"]:
-        provenance = "Data-free: the student saw no real image. It was distilled only on"
+    transfer = student_card.get("transfer_set", "synthetic")
+    if not m["data_free"]:
+        provenance = (
+            "**NOT data-free** (baseline): the student was distilled on real training images "
+            "(distill.transfer_set = real), not on the synthetic set. For reference, the pipeline's"
+        )
+    elif transfer == "gaussian":
+        provenance = "Data-free noise baseline: the student was distilled on Gaussian noise, not on the synthetic set. For reference,"
     else:
-        provenance = "**NOT data-free**: the student was trained on real images, not on"
+        provenance = "Data-free: the student saw no real image. It was distilled only on"
     return "\n".join(
         [
             "# dreamprune report",

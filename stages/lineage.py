@@ -38,6 +38,8 @@ CARD_INPUTS = {  # card key -> the file whose sha256 it records
     "masks_sha256": "models/pruned/masks.safetensors",
     "synthetic_sha256": "data/synthetic/images.safetensors",
 }
+# card key -> card key naming the folder under data/ whose images.safetensors it records
+CARD_INPUT_DIRS = {"transfer_set_sha256": "transfer_set"}
 
 
 def _path(entry) -> str:
@@ -118,7 +120,8 @@ def card_of(root: Path, out: str) -> dict | None:
 def card_checks(root: Path, cards: dict[str, dict]) -> list[dict]:
     rows = []
     for out, card in cards.items():
-        for key, target in CARD_INPUTS.items():
+        targets = dict(CARD_INPUTS) | {k: f"data/{card[d]}/images.safetensors" for k, d in CARD_INPUT_DIRS.items() if d in card}
+        for key, target in targets.items():
             if key in card and (root / target).is_file():
                 actual = sha256_file(root / target)
                 rows.append({"card": out, "key": key, "file": target, "match": actual == card[key]})

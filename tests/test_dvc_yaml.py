@@ -1,17 +1,38 @@
 """The pipeline definition keeps its contracts: data-free boundary, code deps, params sections."""
 
 import ast
+import copy
+import re
 
 import yaml
 
 from conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-DATA_FREE = ("extract_bn_stats", "synthesize", "prune", "distill")
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DATA_FREE = ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "distill")
+REAL_DATA_BASELINES = ("real_transfer_set",)  # the labelled exception: NOT data-free
 
 
-def dep_paths(stage):
-    return [d if isinstance(d, str) else next(iter(d)) for d in DVC[stage]["deps"]]
+def resolve(dep: str, params=PARAMS) -> str:
+    """Substitute ${section.key} the way DVC's templating does (from params.yaml)."""
+    return re.sub(r"\$\{(\w+)\.(\w+)\}", lambda m: str(params[m.group(1)][m.group(2)]), dep)
+
+
+def dep_paths(stage, params=PARAMS):
+    return [resolve(d if isinstance(d, str) else next(iter(d)), params) for d in DVC[stage]["deps"]]
+
+
+def producer(path):
+    return next(
+        (
+            s
+            for s, spec in DVC.items()
+            for o in spec["outs"]
+            if path == (o if isinstance(o, str) else next(iter(o))) or path.startswith(f"{o}/")
+        ),
+        None,
+    )
 
 
 def imported_modules(path, seen=None):
@@ -32,7 +53,27 @@ def imported_modules(path, seen=None):
 
 
 def test_all_stages_present():
-    assert set(DVC) == {"prepare_data", "train_teacher", *DATA_FREE, "evaluate"}
+    assert set(DVC) == {"prepare_data", "train_teacher", *DATA_FREE, *REAL_DATA_BASELINES, "evaluate"}
+
+
+def test_only_the_labelled_baseline_reads_real_data_after_the_teacher():
+    readers = {s for s in DVC if any(d.startswith("data/raw") for d in dep_paths(s))}
+    assert readers == {"train_teacher", "evaluate", *REAL_DATA_BASELINES}
+
+
+def test_distill_transfer_set_resolves_to_its_producer():
+    """Default: distill depends on the synthetic set; transfer_set=real makes it depend on the real-data baseline."""
+    assert "data/synthetic" in dep_paths("distill")
+    for value, stage, data_free in (
+        ("synthetic", "synthesize", True),
+        ("gaussian", "gaussian_transfer_set", True),
+        ("real", "real_transfer_set", False),
+    ):
+        params = copy.deepcopy(PARAMS)
+        params["distill"]["transfer_set"] = value
+        dep = next(d for d in dep_paths("distill", params) if d.startswith("data/"))
+        assert producer(dep) == stage
+        assert (stage in DATA_FREE) is data_free
 
 
 def test_data_free_stages_have_no_real_data_dependency():

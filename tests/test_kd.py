@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stages.core.bn import batch_mean_var, running_stats
-from stages.core.kd import distill, kd_loss, recalibrate_bn
+from stages.core.kd import FeatureTap, distill, iq_loss, kd_loss, mixup, recalibrate_bn
 from stages.core.pruning import make_permanent, masks_of, prune_l1_unstructured
 from stages.core.runtime import StageError
 
@@ -23,6 +23,9 @@ def cfg(**kw):
         recalibrate_bn=False,
         max_shift=0,
         flip=False,
+        iq_beta=0.0,
+        iq_layers="bn1,bn2",
+        mixup_alpha=0.0,
     )
     return SimpleNamespace(**(base | kw))
 
@@ -75,3 +78,41 @@ def test_divergence_stops_with_a_clear_error(trained_toy_net):
     student = copy.deepcopy(trained_toy_net)
     with pytest.raises(StageError, match="diverged.*distill.lr"):
         distill(student, trained_toy_net, torch.randn(32, 1, 8, 8) * 2 + 1.5, cfg(lr=1e6, epochs=5), torch.device("cpu"), seed=0)
+
+
+def test_iq_loss_zero_for_identical_nets_positive_otherwise(trained_toy_net):
+    x = torch.randn(8, 1, 8, 8)
+    twin, other = copy.deepcopy(trained_toy_net), copy.deepcopy(trained_toy_net)
+    with torch.no_grad():
+        other.conv2.weight.mul_(0.5)
+    feats = {}
+    for name, net in (("teacher", trained_toy_net), ("twin", twin), ("other", other)):
+        with FeatureTap(net, ["conv1", "bn2"]) as tap, torch.no_grad():
+            net(x)
+        feats[name] = dict(tap.features)
+    assert float(iq_loss(feats["twin"], feats["teacher"])) == 0.0
+    assert float(iq_loss(feats["other"], feats["teacher"])) > 0
+
+
+def test_feature_tap_rejects_unknown_layer(toy_net):
+    with pytest.raises(StageError, match="distill.iq_layers"):
+        FeatureTap(toy_net, ["layer9"])
+
+
+def test_mixup_is_a_convex_combination_of_two_batch_images():
+    x = torch.randn(16, 1, 4, 4)
+    mixed, lam, perm = mixup(x, 0.4, torch.Generator().manual_seed(0))
+    assert 0.0 <= lam <= 1.0 and sorted(perm.tolist()) == list(range(16))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+    again, lam2, perm2 = mixup(x, 0.4, torch.Generator().manual_seed(0))
+    assert lam2 == lam and torch.equal(perm2, perm) and torch.equal(again, mixed)
+
+
+def test_distill_with_iq_and_mixup_lowers_both_losses(trained_toy_net):
+    student = copy.deepcopy(trained_toy_net)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(64, 1, 8, 8) * 2.0 + 1.5
+    hist = distill(student, trained_toy_net, x, cfg(epochs=12, iq_beta=1.0, mixup_alpha=0.4, freeze_bn=False), torch.device("cpu"), 0)
+    assert hist[-1]["iq_loss"] < hist[0]["iq_loss"] and hist[-1]["kd_loss"] < hist[0]["kd_loss"]

@@ -20,7 +20,17 @@ TINY = {
     "distill": {"epochs": 2, "batch_size": 20},
     "evaluate": {"jkl_max_images": 2000},
 }
-ALL_STAGES = {"prepare_data", "train_teacher", "extract_bn_stats", "synthesize", "prune", "distill", "evaluate"}
+ALL_STAGES = {
+    "prepare_data",
+    "train_teacher",
+    "extract_bn_stats",
+    "synthesize",
+    "real_transfer_set",
+    "gaussian_transfer_set",
+    "prune",
+    "distill",
+    "evaluate",
+}
 
 
 def sh(ws, *args):
@@ -103,8 +113,10 @@ def test_dvc_dag_shows_data_free_stages(ws):
     out = dvc(ws, "dag", "--dot")
     edges = set(re.findall(r'"([a-z_]+)" -> "([a-z_]+)"', out))
     assert ("prepare_data", "train_teacher") in edges and ("prepare_data", "evaluate") in edges
-    for stage in ("extract_bn_stats", "synthesize", "prune", "distill"):
+    for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "distill"):
         assert ("prepare_data", stage) not in edges
+    assert ("prepare_data", "real_transfer_set") in edges  # the labelled NOT data-free baseline
+    assert ("synthesize", "distill") in edges and ("real_transfer_set", "distill") not in edges
 
 
 def test_experiment_with_other_sparsity(ws):
@@ -124,7 +136,8 @@ def test_experiment_with_another_synthesis_method(ws):
     out = dvc(
         ws, "exp", "run", "-S", "synthesize.method=bns_inception", "-S", "synthesize.duplicates=2", "-S", "synthesize.crop_min_area=0.8"
     )
-    assert ran(out) == {"synthesize", "distill", "evaluate"}
+    # The baselines take their image count from the synthetic set's card, so they follow it.
+    assert ran(out) == {"synthesize", "real_transfer_set", "gaussian_transfer_set", "distill", "evaluate"}
     card = json.loads((ws / "data/synthetic/card.json").read_text())
     assert card["method"] == "bns_inception" and card["n_images"] == 40
     m = json.loads((ws / "reports/metrics.json").read_text())
@@ -133,3 +146,17 @@ def test_experiment_with_another_synthesis_method(ws):
     assert 0.1 < m["student"]["accuracy"] <= 1.0
     r = sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
     assert "DATA-FREE" in r and "synthesize.method=bns_inception" in r
+
+
+def test_real_transfer_set_student_is_flagged_not_data_free(ws):
+    """distill.transfer_set=real: dvc.lock shows the real-data dep, lineage and the report say NOT data-free."""
+    out = dvc(ws, "exp", "run", "-S", "distill.transfer_set=real")
+    assert ran(out) == {"distill", "evaluate"}
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert "data/real" in [d["path"] for d in lock["distill"]["deps"]]
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["data_free"] is False and m["student"]["accuracy"] > 0.1
+    assert "NOT data-free" in (ws / "reports/report.md").read_text()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run([sys.executable, "-m", "stages.lineage", "models/student"], cwd=ws, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "NOT DATA-FREE" in r.stdout and "real_transfer_set (dep data/raw)" in r.stdout

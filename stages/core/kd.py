@@ -7,12 +7,19 @@ sees. BatchNorm handling is a choice the ablation measures:
 affine parameters still trained, as in arXiv 2511.20702); otherwise they run in train
 mode and re-estimate their statistics on the synthetic images. ``recalibrate_bn``
 first re-estimates the running statistics on the transfer set (no weight update).
+
+Options of "The Knowledge Within": ``iq_beta`` > 0 adds the intermediate-feature ("IQ")
+loss, beta * mean over ``iq_layers`` of smooth-L1(student features, teacher features) at the
+outputs of the named modules; ``mixup_alpha`` > 0 mixes each batch with a shuffled copy of
+itself (lambda ~ Beta(alpha, alpha)) before both networks see it - the teacher labels the
+mixed image, its outputs are not mixed.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +40,58 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         reduction="batchmean",
         log_target=True,
     ) * (t * t)
+
+
+class FeatureTap:
+    """Context manager: ``self.features[name]`` = output of each named module during a forward."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            blocks = sorted(k for k in modules if k and "." not in k)
+            raise StageError(f"distill.iq_layers: no module named {missing} in the model; top-level blocks: {blocks}")
+        self.modules = [(n, modules[n]) for n in names]
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self) -> FeatureTap:
+        for name, module in self.modules:
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name):
+        def hook(_m, _inputs, output):
+            self.features[name] = output
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def iq_loss(student_features: dict, teacher_features: dict) -> torch.Tensor:
+    """Mean over layers of smooth-L1 between student and teacher features (shapes must match)."""
+    terms = []
+    for name, t in teacher_features.items():
+        s = student_features[name]
+        if s.shape != t.shape:
+            raise StageError(f"distill.iq_layers: {name} has shape {tuple(s.shape)} in the student, {tuple(t.shape)} in the teacher")
+        terms.append(F.smooth_l1_loss(s.float(), t.float()))
+    return torch.stack(terms).mean()
+
+
+def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """In-batch MixUp: returns (lam * x + (1 - lam) * x[perm], lam, perm), one lam ~ Beta(alpha, alpha) per batch.
+
+    The draw comes from ``generator`` (via a numpy Generator seeded from it), so runs are deterministic.
+    """
+    rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator)
+    return lam * x + (1 - lam) * x[perm], lam, perm
 
 
 def set_bn_train(model: nn.Module, train: bool) -> None:
@@ -68,29 +127,39 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps) if cfg.schedule == "cosine" else (lambda _: 1.0))
+    iq_layers = [n.strip() for n in cfg.iq_layers.split(",") if n.strip()] if cfg.iq_beta > 0 else []
     history = []
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
-        student.train()
-        set_bn_train(student, not cfg.freeze_bn)
-        loss_sum, agree, seen = 0.0, 0, 0
-        for idx in minibatches(len(x), cfg.batch_size, gen):
-            xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen).to(device).contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                t_logits = teacher(xb)
-            s_logits = student(xb)
-            loss = kd_loss(s_logits, t_logits, cfg.temperature)
-            if not torch.isfinite(loss):
-                raise StageError(
-                    f"distillation diverged in epoch {epoch} (KD loss {loss.item()}): lower distill.lr "
-                    f"(now {cfg.lr}); with distill.freeze_bn = true the pruned student is less stable"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            agree += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
-            seen += len(idx)
-        history.append({"epoch": epoch, "kd_loss": loss_sum / seen, "teacher_agreement": agree / seen, "lr": sched.get_last_lr()[0]})
+    with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
+        for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
+            student.train()
+            set_bn_train(student, not cfg.freeze_bn)
+            sums, agree, seen = {"kd_loss": 0.0, "iq_loss": 0.0}, 0, 0
+            for idx in minibatches(len(x), cfg.batch_size, gen):
+                xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
+                if cfg.mixup_alpha > 0:
+                    xb, _, _ = mixup(xb, cfg.mixup_alpha, gen)
+                xb = xb.to(device).contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+                s_logits = student(xb)
+                kd = kd_loss(s_logits, t_logits, cfg.temperature)
+                iq = iq_loss(s_tap.features, t_tap.features) if iq_layers else torch.zeros((), device=kd.device)
+                loss = kd + cfg.iq_beta * iq
+                if not torch.isfinite(loss):
+                    raise StageError(
+                        f"distillation diverged in epoch {epoch} (loss {loss.item()}): lower distill.lr "
+                        f"(now {cfg.lr}); with distill.freeze_bn = true the pruned student is less stable"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums["kd_loss"] += float(kd.detach()) * len(idx)
+                sums["iq_loss"] += float(iq.detach()) * len(idx)
+                agree += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
+                seen += len(idx)
+            history.append(
+                {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "teacher_agreement": agree / seen, "lr": sched.get_last_lr()[0]}
+            )
     student.eval()
     return history

@@ -90,6 +90,16 @@ class Synthesize:
 
 
 @dataclass(frozen=True)
+class RealTransferSet:
+    n_images: int = _p(0, 0, 10_000_000)  # 0 = as many as the synthetic set
+
+
+@dataclass(frozen=True)
+class GaussianTransferSet:
+    n_images: int = _p(0, 0, 10_000_000)  # 0 = as many as the synthetic set
+
+
+@dataclass(frozen=True)
 class Prune:
     method: str = _p("l1_unstructured", choices=("l1_unstructured",))
     scope: str = _p("global", choices=("global", "layerwise"))
@@ -109,6 +119,11 @@ class Distill:
     recalibrate_bn: bool = _p(False)
     max_shift: int = _p(2, 0, 64)
     flip: bool = _p(True)
+    seed: int = _p(0, 0, 2**31 - 1)  # varies only the distillation (batch order, augmentation, MixUp)
+    transfer_set: str = _p("synthetic", choices=("synthetic", "real", "gaussian"))  # real = NOT data-free (baseline)
+    iq_beta: float = _p(0.0, 0.0, 1e6)  # weight of the intermediate-feature (IQ) smooth-L1 loss; 0 = off
+    iq_layers: str = _p("layer1,layer2,layer3")  # comma-separated module names whose outputs the IQ loss compares
+    mixup_alpha: float = _p(0.0, 0.0, 100.0)  # in-batch MixUp, lambda ~ Beta(alpha, alpha); 0 = off
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,8 @@ SECTIONS = {
     "train_teacher": TrainTeacher,
     "extract_bn_stats": ExtractBnStats,
     "synthesize": Synthesize,
+    "real_transfer_set": RealTransferSet,
+    "gaussian_transfer_set": GaussianTransferSet,
     "prune": Prune,
     "distill": Distill,
     "evaluate": Evaluate,

@@ -1,0 +1,183 @@
+"""Command (not a pipeline stage): the paper's ablations as DVC experiment sweeps, and their comparison.
+
+    python -m stages.compare queue sparsity [--seeds 0 1 2]   # dvc exp run --queue, one experiment per value x seed
+    dvc exp run --run-all                                      # DVC runs the queue (cached stages are reused)
+    python -m stages.compare report [--json exp_show.json]    # dvc exp show --json -A -> reports/compare/
+
+Sweeps (seeds vary distill.seed: batch order, augmentation; the synthetic set stays that of common.seed):
+  sparsity      prune.sparsity 0.5 / 0.75 / 0.9, each with the synthetic (data-free) and the real
+                (NOT data-free upper bound) transfer set
+  n_images      synthesize.n_images 512 / 1024 / 2048 / 4096
+  freeze_bn     distill.freeze_bn true / false
+  transfer_set  distill.transfer_set synthetic / real (NOT data-free) / gaussian
+Experiment names are <sweep>--<setting>--seed<k>; the report groups them by sweep and setting
+(mean, std, runs, runs without metrics) and writes summary.{csv,md}, runs.csv and one figure per sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from stages.core.artifacts import atomic_dir
+from stages.core.experiments import experiments_table
+from stages.core.runtime import StageError, run_stage
+
+OUT = Path("reports/compare")
+SWEEPS = {
+    "sparsity": {
+        f"sparsity{v}-{t}": [f"prune.sparsity={v}", f"distill.transfer_set={t}"] for v in (0.5, 0.75, 0.9) for t in ("synthetic", "real")
+    },
+    "n_images": {f"n{v}": [f"synthesize.n_images={v}"] for v in (512, 1024, 2048, 4096)},
+    "freeze_bn": {f"freeze_bn-{v}": [f"distill.freeze_bn={v}"] for v in ("true", "false")},
+    "transfer_set": {f"transfer-{v}": [f"distill.transfer_set={v}"] for v in ("synthetic", "real", "gaussian")},
+}
+ACC = "metrics.student.accuracy"
+
+
+def dvc(*args: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise StageError(f"dvc {' '.join(args)} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def queue(sweep: str, seeds: list[int]) -> None:
+    for setting, sets in SWEEPS[sweep].items():
+        for seed in seeds:
+            name = f"{sweep}--{setting}--seed{seed}"
+            args = ["exp", "run", "--queue", "-n", name, *[a for s in [*sets, f"distill.seed={seed}"] for a in ("-S", s)]]
+            dvc(*args)
+            print("queued", name)
+    print("now run: dvc exp run --run-all   (then: python -m stages.compare report)")
+
+
+def runs_table(doc) -> pd.DataFrame:
+    """The sweep experiments of a `dvc exp show --json` document, with sweep / setting / seed columns."""
+    df = experiments_table(doc)
+    if df.empty or "name" not in df:
+        return pd.DataFrame()
+    df = df[df["name"].str.count("--") == 2].copy()
+    if df.empty:
+        return df
+    df[["sweep", "setting", "seed"]] = df["name"].str.split("--", expand=True)
+    df = df[df["sweep"].isin(list(SWEEPS))]
+    df["seed"] = df["seed"].str.removeprefix("seed").astype(int)
+    df["data_free"] = df.get("metrics.data_free", pd.Series(True, index=df.index)).fillna(True)
+    return df.reset_index(drop=True)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    ok = runs[runs["has_metrics"]]
+    g = ok.groupby(["sweep", "setting"], sort=False)
+    out = g[ACC].agg(["mean", "std", "count"]).rename(columns={"mean": "accuracy_mean", "std": "accuracy_std", "count": "runs"})
+    for col, name in (("metrics.pruned.accuracy", "pruned_accuracy"), ("metrics.teacher.accuracy", "teacher_accuracy")):
+        out[name] = g[col].mean()
+    out["data_free"] = g["data_free"].all()
+    missing = runs[~runs["has_metrics"]].groupby(["sweep", "setting"]).size()
+    out["runs_without_metrics"] = missing.reindex(out.index).fillna(0).astype(int)
+    order = {s: i for sw in SWEEPS.values() for i, s in enumerate(sw)}
+    out = out.reset_index()
+    out["_o"] = out["setting"].map(order)
+    return out.sort_values(["sweep", "_o"]).drop(columns="_o").reset_index(drop=True)
+
+
+def render(summary: pd.DataFrame) -> str:
+    lines = ["# Sweeps (DVC experiments; accuracy on the real test split, mean +- std over seeds)", ""]
+    for sweep, part in summary.groupby("sweep", sort=False):
+        lines += [
+            f"## {sweep}",
+            "",
+            "| setting | student accuracy | std | runs | no metrics | pruned (no recovery) | teacher | data-free |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in part.itertuples():
+            std = "-" if pd.isna(r.accuracy_std) else f"{100 * r.accuracy_std:.2f}"
+            free = "yes" if r.data_free else "**NO (real images)**"
+            lines.append(
+                f"| {r.setting} | {r.accuracy_mean:.2%} | {std} | {r.runs} | {r.runs_without_metrics} "
+                f"| {r.pruned_accuracy:.2%} | {r.teacher_accuracy:.2%} | {free} |"
+            )
+        lines += ["", f"![{sweep}]({sweep}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(summary: pd.DataFrame, folder: Path) -> None:
+    from stages.core.plots import plt
+
+    for sweep, part in summary.groupby("sweep", sort=False):
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        teacher = part["teacher_accuracy"].mean()
+        if sweep == "sparsity":
+            part = part.assign(sparsity=part["setting"].str.extract(r"sparsity([\d.]+)-")[0].astype(float))
+            part = part.assign(transfer=part["setting"].str.rsplit("-", n=1).str[1])
+            ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
+            base = part.groupby("sparsity")["pruned_accuracy"].mean()
+            ax.plot(base.index, 100 * base.values, "o:", label="no recovery")
+            for t, label in (("synthetic", "data-free recovered"), ("real", "real-data KD (NOT data-free)")):
+                q = part[part["transfer"] == t].sort_values("sparsity")
+                ax.errorbar(
+                    q["sparsity"], 100 * q["accuracy_mean"], yerr=100 * q["accuracy_std"].fillna(0), marker="o", capsize=3, label=label
+                )
+            ax.set_xlabel("sparsity")
+        elif sweep == "n_images":
+            part = part.assign(n=part["setting"].str.removeprefix("n").astype(int)).sort_values("n")
+            ax.errorbar(
+                part["n"], 100 * part["accuracy_mean"], yerr=100 * part["accuracy_std"].fillna(0), marker="o", capsize=3, label="recovered"
+            )
+            ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
+            ax.axhline(100 * part["pruned_accuracy"].mean(), color="gray", ls=":", label="no recovery")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("synthetic images")
+        else:
+            ax.bar(part["setting"], 100 * part["accuracy_mean"], yerr=100 * part["accuracy_std"].fillna(0), capsize=4)
+            ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
+            lo = 100 * min(part["accuracy_mean"].min(), teacher)
+            ax.set_ylim(max(0, lo - 5), 100 * max(part["accuracy_mean"].max(), teacher) + 1)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{sweep} sweep (mean +- std over seeds)", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / f"{sweep}.png", dpi=100)
+        plt.close(fig)
+
+
+def report(json_path: Path | None) -> None:
+    doc = json.loads(json_path.read_text()) if json_path else json.loads(dvc("exp", "show", "--json", "-A"))
+    runs = runs_table(doc)
+    if runs.empty or not runs["has_metrics"].any():
+        raise StageError(
+            "no finished sweep experiments (names <sweep>--<setting>--seed<k>): queue them with `python -m stages.compare queue ...`"
+        )
+    summary = summarize(runs)
+    keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.teacher.accuracy"]
+    with atomic_dir(OUT) as tmp:
+        runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
+        summary.to_csv(tmp / "summary.csv", index=False)
+        (tmp / "summary.md").write_text(render(summary))
+        plot(summary, tmp)
+    print(render(summary))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("queue", help="queue one sweep as DVC experiments")
+    q.add_argument("sweep", choices=sorted(SWEEPS))
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r = sub.add_parser("report", help="tables and plots from the finished experiments")
+    r.add_argument("--json", type=Path, help="a saved `dvc exp show --json -A` document instead of asking dvc")
+    args = ap.parse_args(argv)
+    if args.cmd == "queue":
+        queue(args.sweep, args.seeds)
+    else:
+        report(args.json)
+
+
+if __name__ == "__main__":
+    run_stage(main)

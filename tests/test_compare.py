@@ -1,0 +1,75 @@
+"""The compare step on a fabricated `dvc exp show --json` document (DVC 3 shape)."""
+
+import json
+
+import pytest
+
+import stages.compare as compare
+from stages.core.experiments import experiments_table
+from stages.core.runtime import StageError
+
+
+def exp(name, acc, pruned=0.8, data_free=True, sparsity=0.75):
+    data = {"rev": name}
+    if acc is not None:
+        data["params"] = {"params.yaml": {"data": {"prune": {"sparsity": sparsity}, "distill": {"freeze_bn": False}}}}
+        data["metrics"] = {
+            "reports/metrics.json": {
+                "data": {
+                    "teacher": {"accuracy": 0.925},
+                    "pruned": {"accuracy": pruned},
+                    "student": {"accuracy": acc},
+                    "data_free": data_free,
+                }
+            }
+        }
+    return {"revs": [{"rev": f"r-{name}", "name": name, "data": data, "error": None, "experiments": None}], "name": name}
+
+
+def document():
+    exps = []
+    for v, pruned in ((0.5, 0.92), (0.75, 0.80), (0.9, 0.30)):
+        for seed in range(3):
+            exps.append(exp(f"sparsity--sparsity{v}-synthetic--seed{seed}", 0.95 - v / 10 + seed / 1000, pruned, sparsity=v))
+            exps.append(exp(f"sparsity--sparsity{v}-real--seed{seed}", 0.96 - v / 20, pruned, data_free=False, sparsity=v))
+    exps += [exp(f"freeze_bn--freeze_bn-true--seed{s}", 0.91 + s / 100) for s in range(3)]
+    exps.append(exp("freeze_bn--freeze_bn-false--seed0", 0.924))
+    exps.append(exp("freeze_bn--freeze_bn-false--seed1", None))  # failed or still queued: no metrics
+    exps.append(exp("unrelated-experiment", 0.5))
+    workspace = {"rev": "workspace", "name": None, "data": {"rev": "workspace"}, "error": None, "experiments": None}
+    return [workspace, {"rev": "abc", "name": "main", "data": {"rev": "abc"}, "error": None, "experiments": exps}]
+
+
+def test_experiments_table_flattens_params_and_metrics():
+    df = experiments_table(document())
+    row = df[df["name"] == "freeze_bn--freeze_bn-true--seed1"].iloc[0]
+    assert row["metrics.student.accuracy"] == pytest.approx(0.92) and row["params.prune.sparsity"] == 0.75
+    assert not df[df["name"] == "freeze_bn--freeze_bn-false--seed1"].iloc[0]["has_metrics"]
+
+
+def test_summary_means_stds_and_missing_runs():
+    runs = compare.runs_table(document())
+    assert set(runs["sweep"]) == {"sparsity", "freeze_bn"} and "unrelated-experiment" not in set(runs["name"])
+    s = compare.summarize(runs).set_index(["sweep", "setting"])
+    frozen = s.loc[("freeze_bn", "freeze_bn-true")]
+    assert frozen["runs"] == 3 and frozen["accuracy_mean"] == pytest.approx(0.92) and frozen["accuracy_std"] == pytest.approx(0.01)
+    assert s.loc[("freeze_bn", "freeze_bn-false")]["runs_without_metrics"] == 1
+    assert not s.loc[("sparsity", "sparsity0.9-real")]["data_free"] and s.loc[("sparsity", "sparsity0.9-synthetic")]["data_free"]
+    assert list(s.loc["sparsity"].index) == [f"sparsity{v}-{t}" for v in (0.5, 0.75, 0.9) for t in ("synthetic", "real")]
+
+
+def test_report_writes_tables_and_plots(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(document()))
+    compare.main(["report", "--json", str(tmp_path / "exp.json")])
+    out = tmp_path / "reports" / "compare"
+    for f in ("runs.csv", "summary.csv", "summary.md", "sparsity.png", "freeze_bn.png"):
+        assert (out / f).stat().st_size > 0
+    md = (out / "summary.md").read_text()
+    assert "NO (real images)" in md and "| freeze_bn-true | 92.00% | 1.00 | 3 | 0 |" in md
+
+
+def test_report_without_sweeps_is_one_clear_error(tmp_path):
+    (tmp_path / "exp.json").write_text(json.dumps([{"rev": "workspace", "data": {"rev": "workspace"}}]))
+    with pytest.raises(StageError, match="no finished sweep experiments"):
+        compare.main(["report", "--json", str(tmp_path / "exp.json")])
