@@ -4,7 +4,8 @@
     dvc exp run --run-all                                      # DVC runs the queue (cached stages are reused)
     python -m stages.compare report [--json exp_show.json]    # dvc exp show --json -A -> reports/compare/
 
-Sweeps (seeds vary distill.seed: batch order, augmentation; the synthetic set stays that of common.seed):
+Sweeps (seeds vary distill.seed: batch order, augmentation; the synthetic set stays that of common.seed;
+evaluate's J_KL table is capped at --jkl-max-images per set to save time, accuracy uses the whole test split):
   sparsity      prune.sparsity 0.5 / 0.75 / 0.9, each with the synthetic (data-free) and the real
                 (NOT data-free upper bound) transfer set
   n_images      synthesize.n_images 512 / 1024 / 2048 / 4096
@@ -47,11 +48,12 @@ def dvc(*args: str) -> str:
     return r.stdout
 
 
-def queue(sweep: str, seeds: list[int]) -> None:
+def queue(sweep: str, seeds: list[int], jkl_max_images: int) -> None:
     for setting, sets in SWEEPS[sweep].items():
         for seed in seeds:
             name = f"{sweep}--{setting}--seed{seed}"
-            args = ["exp", "run", "--queue", "-n", name, *[a for s in [*sets, f"distill.seed={seed}"] for a in ("-S", s)]]
+            extra = [f"distill.seed={seed}", f"evaluate.jkl_max_images={jkl_max_images}"]
+            args = ["exp", "run", "--queue", "-n", name, *[a for s in [*sets, *extra] for a in ("-S", s)]]
             dvc(*args)
             print("queued", name)
     print("now run: dvc exp run --run-all   (then: python -m stages.compare report)")
@@ -170,11 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     q = sub.add_parser("queue", help="queue one sweep as DVC experiments")
     q.add_argument("sweep", choices=sorted(SWEEPS))
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")
     r = sub.add_parser("report", help="tables and plots from the finished experiments")
     r.add_argument("--json", type=Path, help="a saved `dvc exp show --json -A` document instead of asking dvc")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
-        queue(args.sweep, args.seeds)
+        queue(args.sweep, args.seeds, args.jkl_max_images)
     else:
         report(args.json)
 
