@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from stages.core.artifacts import read_json, sha256_file
+from stages.core.experiments import flatten
 from stages.core.runtime import StageError
 
 REAL_DATA_STAGES = ("prepare_data",)  # stages whose outputs are real data
@@ -138,16 +139,6 @@ def code_revision(root: Path) -> dict:
     return {"git_head": rev, "uncommitted_changes": bool(dirty) if rev else None}
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def lineage(root: Path, artifact: str) -> dict:
     declared, locked = load_pipeline(root)
     artifact = artifact.rstrip("/")
@@ -159,7 +150,7 @@ def lineage(root: Path, artifact: str) -> dict:
     for s in stages:
         spec = locked[s]
         outs = [{"path": _path(o), "md5": o.get("md5")} for o in spec.get("outs", [])]
-        params = flat(spec.get("params", {}).get("params.yaml", {}))
+        params = flatten(spec.get("params", {}).get("params.yaml", {}))
         step = {
             "stage": s,
             "outs": outs,
