@@ -34,8 +34,13 @@ def document():
             exps.append(exp(f"sparsity--sparsity{v}-real--seed{seed}", 0.96 - v / 20, pruned, data_free=False, sparsity=v))
     exps += [exp(f"freeze_bn--freeze_bn-true--seed{s}", 0.91 + s / 100) for s in range(3)]
     exps.append(exp("freeze_bn--freeze_bn-false--seed0", 0.924))
-    exps.append(exp("freeze_bn--freeze_bn-false--seed1", None))  # failed or still queued: no metrics
+    failed = exp("freeze_bn--freeze_bn-false--seed1", 0.924)  # a failed run shows its baseline's metrics and an error
+    failed["revs"][0]["error"] = {"msg": "Experiment run failed", "type": ""}
+    exps.append(failed)
     exps.append(exp("unrelated-experiment", 0.5))
+    running = exp("freeze_bn--freeze_bn-false--seed2", 0.924)  # shows its baseline's metrics while it runs
+    running["executor"] = {"state": "running", "name": "dvc-task"}
+    exps.append(running)
     workspace = {"rev": "workspace", "name": None, "data": {"rev": "workspace"}, "error": None, "experiments": None}
     return [workspace, {"rev": "abc", "name": "main", "data": {"rev": "abc"}, "error": None, "experiments": exps}]
 
@@ -54,6 +59,7 @@ def test_summary_means_stds_and_missing_runs():
     frozen = s.loc[("freeze_bn", "freeze_bn-true")]
     assert frozen["runs"] == 3 and frozen["accuracy_mean"] == pytest.approx(0.92) and frozen["accuracy_std"] == pytest.approx(0.01)
     assert s.loc[("freeze_bn", "freeze_bn-false")]["runs_without_metrics"] == 1
+    assert s.loc[("freeze_bn", "freeze_bn-false")]["runs"] == 1  # the running experiment is not counted
     assert not s.loc[("sparsity", "sparsity0.9-real")]["data_free"] and s.loc[("sparsity", "sparsity0.9-synthetic")]["data_free"]
     assert list(s.loc["sparsity"].index) == [f"sparsity{v}-{t}" for v in (0.5, 0.75, 0.9) for t in ("synthetic", "real")]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+UNFINISHED = ("queued", "running")
+
 
 def exp_nodes(doc) -> list[tuple[str, str, dict]]:
     """(name, rev, data) for the workspace, each commit and every experiment in a `dvc exp show --json` document."""
@@ -11,8 +13,12 @@ def exp_nodes(doc) -> list[tuple[str, str, dict]]:
 
     def walk(node):
         if isinstance(node, dict):
+            if (node.get("executor") or {}).get("state") in UNFINISHED:
+                return  # a queued or running experiment shows its baseline's numbers: not results yet
             if "rev" in node and isinstance(node.get("data"), dict):
-                found.append((node.get("name") or node["rev"], node["rev"], node["data"]))
+                # A failed experiment carries an error and its baseline's numbers: keep it, without results.
+                data = {"rev": node["rev"]} if node.get("error") else node["data"]
+                found.append((node.get("name") or node["rev"], node["rev"], data))
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
