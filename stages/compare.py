@@ -11,6 +11,10 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   n_images      synthesize.n_images 512 / 1024 / 2048 / 4096
   freeze_bn     distill.freeze_bn true / false
   transfer_set  distill.transfer_set synthetic / real (NOT data-free) / gaussian
+  structured    prune.method structured, 50% / 75% fewer MACs (Torch-Pruning channel pruning)
+  quant         no pruning; 8w8a / 4w8a / 4w4a / 2w4a (first/last layer 8 bit), each distilled on the synthetic
+                and on the real (NOT data-free) transfer set; the calibration-only model is evaluate's "quantized" row
+  prune_quant   structured 50% MACs + 4w8a, and the default 75% unstructured + 4w8a
 Experiment names are <sweep>--<setting>--seed<k>; the report groups them by sweep and setting
 (mean, std, runs, runs without metrics) and writes summary.{csv,md}, runs.csv and one figure per sweep.
 """
@@ -37,8 +41,24 @@ SWEEPS = {
     "n_images": {f"n{v}": [f"synthesize.n_images={v}"] for v in (512, 1024, 2048, 4096)},
     "freeze_bn": {f"freeze_bn-{v}": [f"distill.freeze_bn={v}"] for v in ("true", "false")},
     "transfer_set": {f"transfer-{v}": [f"distill.transfer_set={v}"] for v in ("synthetic", "real", "gaussian")},
+    "structured": {f"macs{v}": ["prune.method=structured", f"prune.structured_amount={v}"] for v in (0.5, 0.75)},
+    "quant": {
+        f"{w}w{a}a-{t}": ["prune.sparsity=0", f"quantize.weight_bits={w}", f"quantize.act_bits={a}", f"distill.transfer_set={t}"]
+        for w, a in ((8, 8), (4, 8), (4, 4), (2, 4))
+        for t in ("synthetic", "real")
+    },
+    "prune_quant": {
+        "structured0.5-4w8a": ["prune.method=structured", "prune.structured_amount=0.5", "quantize.weight_bits=4", "quantize.act_bits=8"],
+        "unstructured0.75-4w8a": ["quantize.weight_bits=4", "quantize.act_bits=8"],
+    },
 }
 ACC = "metrics.student.accuracy"
+COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
+    "metrics.speedup_b64": "speedup_b64",
+    "metrics.size_ratio": "size_ratio",
+    "metrics.student.latency_ms_b64": "latency_ms_b64",
+    "metrics.student.macs": "macs",
+}
 
 
 def dvc(*args: str) -> str:
@@ -80,6 +100,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out = g[ACC].agg(["mean", "std", "count"]).rename(columns={"mean": "accuracy_mean", "std": "accuracy_std", "count": "runs"})
     for col, name in (("metrics.pruned.accuracy", "pruned_accuracy"), ("metrics.teacher.accuracy", "teacher_accuracy")):
         out[name] = g[col].mean()
+    # the model KD starts from: the calibrated fake-quant model when quantize was on, else the pruned one
+    before = ok["metrics.quantized.accuracy"] if "metrics.quantized.accuracy" in ok else pd.Series(float("nan"), index=ok.index)
+    out["before_kd_accuracy"] = before.fillna(ok["metrics.pruned.accuracy"]).groupby([ok["sweep"], ok["setting"]], sort=False).mean()
+    for col, name in COST.items():
+        out[name] = g[col].mean() if col in ok else float("nan")
     out["data_free"] = g["data_free"].all()
     missing = runs[~runs["has_metrics"]].groupby(["sweep", "setting"]).size()
     out["runs_without_metrics"] = missing.reindex(out.index).fillna(0).astype(int)
@@ -95,18 +120,23 @@ def render(summary: pd.DataFrame) -> str:
         lines += [
             f"## {sweep}",
             "",
-            "| setting | student accuracy | std | runs | no metrics | pruned (no recovery) | teacher | data-free |",
+            "| setting | student accuracy | std | runs | no metrics | before KD (pruned / calibrated) | teacher | data-free "
+            "| speed-up b64 | size ratio |",
         ]
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in part.itertuples():
             std = "-" if pd.isna(r.accuracy_std) else f"{100 * r.accuracy_std:.2f}"
             free = "yes" if r.data_free else "**NO (real images)**"
             lines.append(
                 f"| {r.setting} | {r.accuracy_mean:.2%} | {std} | {r.runs} | {r.runs_without_metrics} "
-                f"| {r.pruned_accuracy:.2%} | {r.teacher_accuracy:.2%} | {free} |"
+                f"| {r.before_kd_accuracy:.2%} | {r.teacher_accuracy:.2%} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
             )
         lines += ["", f"![{sweep}]({sweep}.png)", ""]
     return "\n".join(lines)
+
+
+def _x(v, digits: int) -> str:
+    return "-" if pd.isna(v) else f"{v:.{digits}f}x"
 
 
 def plot(summary: pd.DataFrame, folder: Path) -> None:
@@ -136,6 +166,22 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
             ax.axhline(100 * part["pruned_accuracy"].mean(), color="gray", ls=":", label="no recovery")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("synthetic images")
+        elif sweep == "quant":
+            part = part.assign(bits=part["setting"].str.split("-").str[0], transfer=part["setting"].str.split("-").str[1])
+            bits = list(dict.fromkeys(part["bits"]))
+            syn = part[part["transfer"] == "synthetic"].set_index("bits").reindex(bits)
+            real = part[part["transfer"] == "real"].set_index("bits").reindex(bits)
+            pos = range(len(bits))
+            for k, (vals, label) in enumerate(
+                (
+                    (syn["before_kd_accuracy"], "calibration only"),
+                    (syn["accuracy_mean"], "data-free KD (synthetic)"),
+                    (real["accuracy_mean"], "real-data KD (NOT data-free)"),
+                )
+            ):
+                ax.bar([p + (k - 1) * 0.27 for p in pos], 100 * vals.fillna(0), width=0.27, label=label)
+            ax.set_xticks(list(pos), bits)
+            ax.axhline(100 * teacher, color="k", ls="--", label="teacher (fp32)")
         else:
             ax.bar(part["setting"], 100 * part["accuracy_mean"], yerr=100 * part["accuracy_std"].fillna(0), capsize=4)
             ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
@@ -157,7 +203,8 @@ def report(json_path: Path | None) -> None:
             "no finished sweep experiments (names <sweep>--<setting>--seed<k>): queue them with `python -m stages.compare queue ...`"
         )
     summary = summarize(runs)
-    keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.teacher.accuracy"]
+    keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
+    keep += ["metrics.teacher.accuracy", *COST]
     with atomic_dir(OUT) as tmp:
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)

@@ -19,7 +19,7 @@ from stages.core.pruning import apply_masks, global_sparsity, make_permanent
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 
 TEACHER = Path("models/teacher")
-PRUNED = Path("models/pruned")
+QUANTIZED = Path("models/quantized")  # the pruned model, fake-quantized + calibrated (passed through when quantize is off)
 OUT = Path("models/student")
 REPORTS = Path("reports/distill")
 
@@ -30,13 +30,13 @@ def main() -> None:
     seed_everything(common.seed)
     device = resolve_device(common.device)
     teacher, _ = load_model(TEACHER, device)
-    student, pcard = load_model(PRUNED, device)
-    masks = load_tensors(PRUNED / "masks.safetensors")
-    apply_masks(student, masks)
+    student, pcard = load_model(QUANTIZED, device)
+    if (QUANTIZED / "masks.safetensors").is_file():  # unstructured pruning: keep pruned weights at zero
+        apply_masks(student, load_tensors(QUANTIZED / "masks.safetensors"))
     transfer = Path("data") / cfg.transfer_set
     scard = read_json(transfer / "card.json")
     teacher_sha = sha256_file(TEACHER / "model.safetensors")
-    for folder, card in ((PRUNED, pcard), (transfer, scard)):
+    for folder, card in ((QUANTIZED, pcard), (transfer, scard)):
         if card["teacher_sha256"] != teacher_sha:
             raise StageError(f"{folder} was made from another teacher than {TEACHER} (teacher_sha256 in its card.json): rerun dvc repro")
     x = load_tensors(transfer / "images.safetensors")["images"].float()
@@ -50,18 +50,22 @@ def main() -> None:
     card = {
         "kind": "student",
         **{k: pcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
+        **{k: pcard[k] for k in ("structure", "quantization") if pcard.get(k)},
+        "prune_method": pcard.get("method", "l1_unstructured"),
         "data_free": bool(scard.get("data_free", True)),
         "transfer_set": cfg.transfer_set,
         "transfer_set_sha256": sha256_file(transfer / "images.safetensors"),
         "teacher_sha256": teacher_sha,
-        "pruned_sha256": sha256_file(PRUNED / "model.safetensors"),
-        "masks_sha256": sha256_file(PRUNED / "masks.safetensors"),
+        "pruned_sha256": pcard["pruned_sha256"],
+        "quantized_sha256": sha256_file(QUANTIZED / "model.safetensors"),
+        **({"masks_sha256": pcard["masks_sha256"]} if "masks_sha256" in pcard else {}),
         "sparsity": round(sparsity, 6),
         "params": {"common": as_dict(common), "distill": as_dict(cfg)},
         "versions": library_versions(),
     }
     with atomic_dir(OUT) as tmp:
-        save_model(tmp, student, card)
+        # unstructured sparsity is stored compactly: a bit mask + the nonzero values of each conv/linear weight
+        save_model(tmp, student, card, storage="bitmask" if "masks_sha256" in card and sparsity > 0 else "dense")
     df = pd.DataFrame(history)
     with atomic_dir(REPORTS) as tmp:
         df.to_csv(tmp / "curve.csv", index=False)

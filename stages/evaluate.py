@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from stages.core.artifacts import atomic_dir, atomic_write_text, load_model, load_tensors, read_json, sha256_file, write_json
+from stages.core.cost import effective_bits, latency_ms, macs
 from stages.core.data import load_split
 from stages.core.imageops import normalize
 from stages.core.params import load_params
@@ -15,22 +16,42 @@ from stages.core.runtime import resolve_device, run_stage, seed_everything
 from stages.core.similarity import fgsm, jkl_table, noise_sets
 from stages.core.training import match_rate, predict
 
-MODELS = {"teacher": Path("models/teacher"), "pruned": Path("models/pruned"), "student": Path("models/student")}
+MODELS = {
+    "teacher": Path("models/teacher"),
+    "pruned": Path("models/pruned"),
+    "quantized": Path("models/quantized"),  # a row only when quantize is on: calibration only, before KD
+    "student": Path("models/student"),
+}
+LABELS = {
+    "teacher": "teacher",
+    "pruned": "pruned, before recovery",
+    "quantized": "quantized, calibration only",
+    "student": "recovered student",
+}
 SYNTHETIC = Path("data/synthetic")
 REPORTS = Path("reports")
 STAGES = ("train_teacher", "synthesize", "distill")
+LATENCY_BATCHES = (1, 64)
 
 
-def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> tuple[dict, torch.Tensor]:
-    model, _ = load_model(folder, device)
-    pred = predict(model, x, batch_size, device).argmax(1)
+def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, cfg, device) -> tuple[dict, torch.Tensor]:
+    model, card = load_model(folder, device)
+    pred = predict(model, x, cfg.batch_size, device).argmax(1)
     params = list(model.parameters())
+    shape = tuple(card["input_shape"])
+    q = card.get("quantization") or {}
     row = {
         "accuracy": match_rate(pred, y),
         "sparsity": global_sparsity(model),
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum((p != 0).sum() for p in params)),
         "file_bytes": (folder / "model.safetensors").stat().st_size,
+        "storage": card.get("storage", "dense"),
+        "bits": f"{q['weight_bits']}w{q['act_bits']}a" if q else "fp32",
+        **macs(model, shape),
+        # unstructured-sparse models are sized in the bitmask format (the student is saved in it)
+        "effective_bits": effective_bits(model, sparse_storage="masks_sha256" in card and global_sparsity(model) > 0),
+        **{f"latency_ms_b{b}": latency_ms(model, shape, b, cfg.latency_threads, cfg.latency_repeats) for b in LATENCY_BATCHES},
     }
     return row, pred
 
@@ -45,17 +66,23 @@ def main() -> None:
     x = normalize(test.images, norm["mean"], norm["std"])
     jkl = similarity_table(common.seed, data, cfg, norm, x, test.labels, device)
     rows, preds = {}, {}
-    for name, folder in MODELS.items():
-        rows[name], preds[name] = describe(folder, x, test.labels, cfg.batch_size, device)
+    quantized = bool(read_json(MODELS["quantized"] / "card.json").get("quantization"))
+    models = [k for k in MODELS if k != "quantized" or quantized]
+    for name in models:
+        rows[name], preds[name] = describe(MODELS[name], x, test.labels, cfg, device)
     scard = read_json(SYNTHETIC / "card.json")
     student_card = read_json(MODELS["student"] / "card.json")
-    t, pr, s = (rows[k]["accuracy"] for k in ("teacher", "pruned", "student"))
+    before = "quantized" if quantized else "pruned"  # the model distillation starts from
+    t, pr, s = (rows[k]["accuracy"] for k in ("teacher", before, "student"))
     timings = {st: read_json(REPORTS / st / "metrics.json")["wall_s"] for st in STAGES}
     metrics = {
         **rows,
         "gap_points": round(100 * (t - s), 3),
         "recovered_fraction": (s - pr) / (t - pr) if t != pr else None,
+        "recovery_starts_from": before,
         "student_teacher_agreement": match_rate(preds["student"], preds["teacher"]),
+        "speedup_b64": rows["teacher"]["latency_ms_b64"] / rows["student"]["latency_ms_b64"],
+        "size_ratio": rows["teacher"]["effective_bits"] / rows["student"]["effective_bits"],
         "synthetic": {
             "n_images": scard["n_images"],
             "method": scard.get("method", "deepinversion"),
@@ -70,11 +97,12 @@ def main() -> None:
     }
     in_class = [test.labels == c for c in range(len(test.classes))]
     per_class = pd.DataFrame(
-        {"class": list(test.classes)} | {k: [match_rate(preds[k][m], test.labels[m]) for m in in_class] for k in MODELS}
+        {"class": list(test.classes)} | {k: [match_rate(preds[k][m], test.labels[m]) for m in in_class] for k in models}
     )
     with atomic_dir(REPORTS / "evaluate") as tmp:
         per_class.to_csv(tmp / "per_class_accuracy.csv", index=False)
-        bars(list(MODELS), [rows[k]["accuracy"] for k in MODELS], tmp / "accuracy.png", "real test-split accuracy", "accuracy")
+        bars(models, [rows[k]["accuracy"] for k in models], tmp / "accuracy.png", "real test-split accuracy", "accuracy")
+        pd.DataFrame([{"model": k, **rows[k]} for k in models]).to_csv(tmp / "cost.csv", index=False)
         pd.DataFrame(jkl).to_csv(tmp / "jkl.csv", index=False)
         write_json(tmp / "jkl.json", {"teacher_sha256": sha256_file(MODELS["teacher"] / "model.safetensors"), "rows": jkl})
         bars(
@@ -87,7 +115,7 @@ def main() -> None:
             logx=True,
         )
     write_json(REPORTS / "metrics.json", metrics)
-    atomic_write_text(REPORTS / "report.md", render_report(metrics, scard, student_card, timings, data.name, jkl))
+    atomic_write_text(REPORTS / "report.md", render_report(metrics, scard, student_card, timings, data.name, jkl, cfg))
     print(f"teacher {t:.4f}  pruned {pr:.4f}  student {s:.4f}  (gap {metrics['gap_points']:.2f} points)")
 
 
@@ -107,13 +135,15 @@ def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_t
     return jkl_table(teacher, sets, "train", cfg.batch_size, device)
 
 
-def render_report(m: dict, scard: dict, student_card: dict, timings: dict, dataset: str, jkl: list[dict]) -> str:
+def render_report(m: dict, scard: dict, student_card: dict, timings: dict, dataset: str, jkl: list[dict], cfg) -> str:
     d = student_card["params"]["distill"]
     rec = m["recovered_fraction"]
     rows = [
-        f"| {label} | {m[k]['accuracy']:.2%} | {m[k]['sparsity']:.4f} | {m[k]['nonzero_params']:,} / {m[k]['params']:,} "
-        f"| {m[k]['file_bytes'] / 1024:.0f} KiB |"
-        for k, label in (("teacher", "teacher"), ("pruned", "pruned, before recovery"), ("student", "recovered student"))
+        f"| {label} | {m[k]['accuracy']:.2%} | {m[k]['bits']} | {m[k]['sparsity']:.4f} | {m[k]['nonzero_params']:,} / {m[k]['params']:,} "
+        f"| {m[k]['macs'] / 1e6:.2f} M ({m[k]['nonzero_macs'] / 1e6:.2f} M) | {m[k]['effective_bits'] / 8 / 1024:.0f} KiB "
+        f"| {m[k]['file_bytes'] / 1024:.0f} KiB ({m[k]['storage']}) | {m[k]['latency_ms_b1']:.2f} / {m[k]['latency_ms_b64']:.1f} |"
+        for k, label in LABELS.items()
+        if k in m
     ]
     method = scard.get("method", "deepinversion")
     agreement = (
@@ -136,11 +166,23 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "# dreamprune report",
             "",
             f"Dataset: {dataset}, real test split ({m['test_images']} images). "
-            f"Pruning: {student_card['sparsity']:.2%} of conv+linear weights are zero.",
+            + (
+                f"Pruning: structured, {1 - m['student']['macs'] / m['teacher']['macs']:.1%} fewer MACs than the teacher."
+                if student_card.get("prune_method") == "structured"
+                else f"Pruning: {student_card['sparsity']:.2%} of conv+linear weights are zero."
+            )
+            + (f" Quantization: {m['student']['bits']} (simulated)." if student_card.get("quantization") else ""),
             "",
-            "| model | test accuracy | conv+linear sparsity | nonzero params / params | file (dense safetensors) |",
-            "|---|---|---|---|---|",
+            "| model | test accuracy | bits | conv+linear sparsity | nonzero params / params | MACs (nonzero) | effective size "
+            "| file (format) | CPU latency ms, batch 1 / 64 |",
+            "|---|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            f"Effective size: conv/linear weights at their bit width (nonzeros only, + 1 bit per weight of bit mask when "
+            f"unstructured-sparse), everything else 32 bits. Latency: median of {cfg.latency_repeats} CPU forwards, "
+            f"{cfg.latency_threads} thread(s), channels_last, float kernels (a fake-quant model is timed as the float model "
+            f"underneath; unstructured zeros run through dense kernels). Student vs teacher: {m['speedup_b64']:.2f}x faster "
+            f"at batch 64, {m['size_ratio']:.1f}x smaller.",
             "",
             f"Gap teacher - student: **{m['gap_points']:.2f} points**"
             + (f"; the student recovered {rec:.1%} of the accuracy lost to pruning" if rec is not None else "")

@@ -37,6 +37,8 @@ CARD_INPUTS = {  # card key -> the file whose sha256 it records
     "bn_stats_sha256": "models/bn_stats/stats.safetensors",
     "pruned_sha256": "models/pruned/model.safetensors",
     "masks_sha256": "models/pruned/masks.safetensors",
+    "quantized_sha256": "models/quantized/model.safetensors",
+    "calibration_set_sha256": "data/synthetic/images.safetensors",
 }
 # card key -> card key naming the folder under data/ whose images.safetensors it records
 CARD_INPUT_DIRS = {"transfer_set_sha256": "transfer_set"}

@@ -1,13 +1,28 @@
-"""Stage prune: L1 unstructured magnitude pruning of the teacher's conv + linear weights (no data)."""
+"""Stage prune: magnitude pruning of the teacher (no data).
+
+prune.method = l1_unstructured zeroes the smallest conv + linear weights (global or per layer);
+the masks go to masks.safetensors. prune.method = structured removes whole channels with
+Torch-Pruning until prune.structured_amount of the MACs (or channels) is gone; the card's
+``structure`` (channel counts per layer) rebuilds the smaller model without pickle.
+"""
 
 from pathlib import Path
 
 import pandas as pd
 
 from stages.core.artifacts import atomic_dir, load_model, save_model, save_tensors, sha256_file, write_json
+from stages.core.models import layer_structure
 from stages.core.params import as_dict, load_params
 from stages.core.plots import bars
-from stages.core.pruning import global_sparsity, make_permanent, masks_of, prune_l1_unstructured, sparsity_table
+from stages.core.pruning import (
+    count_macs_params,
+    global_sparsity,
+    make_permanent,
+    masks_of,
+    prune_l1_unstructured,
+    prune_structured,
+    sparsity_table,
+)
 from stages.core.runtime import run_stage
 
 TEACHER = Path("models/teacher")
@@ -18,35 +33,62 @@ REPORTS = Path("reports/prune")
 def main() -> None:
     cfg = load_params("prune")["prune"]
     model, tcard = load_model(TEACHER)
-    prune_l1_unstructured(model, cfg.sparsity, cfg.scope)
-    masks = masks_of(model)
+    shape = tuple(tcard["input_shape"])
+    teacher_structure = layer_structure(model)
+    macs_before, params_before = count_macs_params(model, shape)
+    if cfg.method == "structured":
+        prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.scope, shape)
+    else:
+        prune_l1_unstructured(model, cfg.sparsity, cfg.scope)
+    masks = masks_of(model) if cfg.method == "l1_unstructured" else None
     make_permanent(model)
+    macs, params = count_macs_params(model, shape)
+    reduction = 1 - macs / macs_before
+    structure = layer_structure(model)
     rows = sparsity_table(model)
+    for r in rows:
+        r["channels_kept"] = structure[r["layer"]][0] / teacher_structure[r["layer"]][0]
     sparsity = global_sparsity(model)
     card = {
         "kind": "pruned",
         **{k: tcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
         "teacher_sha256": sha256_file(TEACHER / "model.safetensors"),
+        "method": cfg.method,
         "sparsity": round(sparsity, 6),
+        "macs": macs,
+        "macs_reduction": round(reduction, 6),
+        "params_count": params,
         "params": {"prune": as_dict(cfg)},
     }
+    if cfg.method == "structured":
+        card["structure"] = structure
     with atomic_dir(OUT) as tmp:
-        save_tensors(tmp / "masks.safetensors", masks)
-        card["masks_sha256"] = sha256_file(tmp / "masks.safetensors")
+        if masks is not None:
+            save_tensors(tmp / "masks.safetensors", masks)
+            card["masks_sha256"] = sha256_file(tmp / "masks.safetensors")
         save_model(tmp, model, card)
     with atomic_dir(REPORTS) as tmp:
         df = pd.DataFrame(rows)
         df.to_csv(tmp / "sparsity.csv", index=False)
-        write_json(tmp / "metrics.json", {"sparsity": sparsity, "zeros": int(df.zeros.sum()), "prunable_weights": int(df.numel.sum())})
-        bars(
-            list(df.layer),
-            list(df.sparsity),
-            tmp / "sparsity.png",
-            f"per-layer sparsity ({cfg.scope} L1, {sparsity:.1%} overall)",
-            "sparsity",
-            horizontal=True,
+        write_json(
+            tmp / "metrics.json",
+            {
+                "method": cfg.method,
+                "sparsity": sparsity,
+                "zeros": int(df.zeros.sum()),
+                "prunable_weights": int(df.numel.sum()),
+                "macs": macs,
+                "macs_reduction": reduction,
+                "params_count": params,
+                "params_reduction": 1 - params / params_before,
+            },
         )
-    print(f"pruned {cfg.scope} L1 to sparsity {sparsity:.4f}")
+        if cfg.method == "structured":
+            values, title, label = list(df.channels_kept), f"output channels kept per layer ({reduction:.1%} fewer MACs)", "kept"
+        else:
+            values, title, label = list(df.sparsity), f"per-layer sparsity ({cfg.scope} L1, {sparsity:.1%} overall)", "sparsity"
+        bars(list(df.layer), values, tmp / "sparsity.png", title, label, horizontal=True)
+    print(f"pruned ({cfg.method}, {cfg.scope}): sparsity {sparsity:.4f}, MACs {macs_before:,} -> {macs:,} ({reduction:.1%} fewer)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from stages.core.experiments import experiments_table
 from stages.core.runtime import StageError
 
 
-def exp(name, acc, pruned=0.8, data_free=True, sparsity=0.75):
+def exp(name, acc, pruned=0.8, data_free=True, sparsity=0.75, calibrated=None):
     data = {"rev": name}
     if acc is not None:
         data["params"] = {"params.yaml": {"data": {"prune": {"sparsity": sparsity}, "distill": {"freeze_bn": False}}}}
@@ -20,6 +20,7 @@ def exp(name, acc, pruned=0.8, data_free=True, sparsity=0.75):
                     "pruned": {"accuracy": pruned},
                     "student": {"accuracy": acc},
                     "data_free": data_free,
+                    **({"quantized": {"accuracy": calibrated}, "speedup_b64": 1.0, "size_ratio": 7.5} if calibrated is not None else {}),
                 }
             }
         }
@@ -38,6 +39,9 @@ def document():
     failed["revs"][0]["error"] = {"msg": "Experiment run failed", "type": ""}
     exps.append(failed)
     exps.append(exp("unrelated-experiment", 0.5))
+    for bits, calib in (("8w8a", 0.92), ("4w4a", 0.15)):
+        exps.append(exp(f"quant--{bits}-synthetic--seed0", 0.91, 0.925, sparsity=0.0, calibrated=calib))
+        exps.append(exp(f"quant--{bits}-real--seed0", 0.915, 0.925, data_free=False, sparsity=0.0, calibrated=calib))
     running = exp("freeze_bn--freeze_bn-false--seed2", 0.924)  # shows its baseline's metrics while it runs
     running["executor"] = {"state": "running", "name": "dvc-task"}
     exps.append(running)
@@ -54,7 +58,7 @@ def test_experiments_table_flattens_params_and_metrics():
 
 def test_summary_means_stds_and_missing_runs():
     runs = compare.runs_table(document())
-    assert set(runs["sweep"]) == {"sparsity", "freeze_bn"} and "unrelated-experiment" not in set(runs["name"])
+    assert set(runs["sweep"]) == {"sparsity", "freeze_bn", "quant"} and "unrelated-experiment" not in set(runs["name"])
     s = compare.summarize(runs).set_index(["sweep", "setting"])
     frozen = s.loc[("freeze_bn", "freeze_bn-true")]
     assert frozen["runs"] == 3 and frozen["accuracy_mean"] == pytest.approx(0.92) and frozen["accuracy_std"] == pytest.approx(0.01)
@@ -79,3 +83,15 @@ def test_report_without_sweeps_is_one_clear_error(tmp_path):
     (tmp_path / "exp.json").write_text(json.dumps([{"rev": "workspace", "data": {"rev": "workspace"}}]))
     with pytest.raises(StageError, match="no finished sweep experiments"):
         compare.main(["report", "--json", str(tmp_path / "exp.json")])
+
+
+def test_quant_sweep_starts_kd_from_the_calibrated_model(tmp_path, monkeypatch):
+    s = compare.summarize(compare.runs_table(document())).set_index(["sweep", "setting"])
+    assert s.loc[("quant", "4w4a-synthetic")]["before_kd_accuracy"] == pytest.approx(0.15)  # calibration only
+    assert s.loc[("sparsity", "sparsity0.9-real")]["before_kd_accuracy"] == pytest.approx(0.30)  # no quantization: the pruned model
+    assert s.loc[("quant", "8w8a-real")]["size_ratio"] == pytest.approx(7.5)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(document()))
+    compare.main(["report", "--json", str(tmp_path / "exp.json")])
+    assert (tmp_path / "reports" / "compare" / "quant.png").stat().st_size > 0
+    assert "| 4w4a-synthetic | 91.00% | - | 1 | 0 | 15.00% |" in (tmp_path / "reports" / "compare" / "summary.md").read_text()

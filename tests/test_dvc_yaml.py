@@ -10,7 +10,7 @@ from conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-DATA_FREE = ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "distill")
+DATA_FREE = ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill")
 REAL_DATA_BASELINES = ("real_transfer_set",)  # the labelled exception: NOT data-free
 
 

@@ -28,6 +28,7 @@ ALL_STAGES = {
     "real_transfer_set",
     "gaussian_transfer_set",
     "prune",
+    "quantize",
     "distill",
     "evaluate",
 }
@@ -88,6 +89,10 @@ def test_all_stages_run_and_metrics_exist(ws):
     for f in ("report.md", "synthesize/grid.png", "synthesize/loss.csv", "distill/curve.csv", "prune/sparsity.csv"):
         assert (ws / "reports" / f).stat().st_size > 0
     assert "recovered student" in (ws / "reports/report.md").read_text()
+    # unstructured student stored as bit mask + nonzeros; quantize is off and passes the pruned model through
+    assert m["student"]["storage"] == "bitmask" and m["student"]["file_bytes"] < 0.5 * m["teacher"]["file_bytes"]
+    assert "quantized" not in m and m["student"]["bits"] == "fp32"
+    assert m["student"]["nonzero_macs"] < 0.5 * m["student"]["macs"] and m["student"]["latency_ms_b64"] > 0
 
 
 def test_second_repro_is_a_noop(ws):
@@ -113,7 +118,7 @@ def test_dvc_dag_shows_data_free_stages(ws):
     out = dvc(ws, "dag", "--dot")
     edges = set(re.findall(r'"([a-z_]+)" -> "([a-z_]+)"', out))
     assert ("prepare_data", "train_teacher") in edges and ("prepare_data", "evaluate") in edges
-    for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "distill"):
+    for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill"):
         assert ("prepare_data", stage) not in edges
     assert ("prepare_data", "real_transfer_set") in edges  # the labelled NOT data-free baseline
     assert ("synthesize", "distill") in edges and ("real_transfer_set", "distill") not in edges
@@ -136,8 +141,8 @@ def test_experiment_with_another_synthesis_method(ws):
     out = dvc(
         ws, "exp", "run", "-S", "synthesize.method=bns_inception", "-S", "synthesize.duplicates=2", "-S", "synthesize.crop_min_area=0.8"
     )
-    # The baselines take their image count from the synthetic set's card, so they follow it.
-    assert ran(out) == {"synthesize", "real_transfer_set", "gaussian_transfer_set", "distill", "evaluate"}
+    # The baselines take their image count from the synthetic set's card, so they follow it; quantize calibrates on it.
+    assert ran(out) == {"synthesize", "real_transfer_set", "gaussian_transfer_set", "quantize", "distill", "evaluate"}
     card = json.loads((ws / "data/synthetic/card.json").read_text())
     assert card["method"] == "bns_inception" and card["n_images"] == 40
     m = json.loads((ws / "reports/metrics.json").read_text())
@@ -146,6 +151,29 @@ def test_experiment_with_another_synthesis_method(ws):
     assert 0.1 < m["student"]["accuracy"] <= 1.0
     r = sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
     assert "DATA-FREE" in r and "synthesize.method=bns_inception" in r
+
+
+def test_experiment_structured_pruning_with_4bit_quantization(ws):
+    """prune -> quantize -> distill: a channel-pruned, 4w8a fake-quant student, calibrated and distilled data-free."""
+    out = dvc(
+        ws, "exp", "run", "-S", "prune.method=structured", "-S", "prune.structured_amount=0.5", "-S", "quantize.weight_bits=4",
+        "-S", "quantize.act_bits=8",
+    )  # fmt: skip
+    assert ran(out) == {"prune", "quantize", "distill", "evaluate"}
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["recovery_starts_from"] == "quantized" and m["quantized"]["bits"] == m["student"]["bits"] == "4w8a"
+    assert m["student"]["macs"] <= 0.5 * m["teacher"]["macs"] and m["student"]["params"] < m["teacher"]["params"]
+    assert m["student"]["effective_bits"] < 0.2 * m["teacher"]["effective_bits"]
+    assert m["student"]["accuracy"] > 0.1 and m["data_free"] is True
+    card = json.loads((ws / "models/student/card.json").read_text())
+    assert card["structure"]["layer1.0.conv1"][0] < 16 and card["quantization"]["layers"]["layer1.0.conv1"] == [4, 8]
+    assert (ws / "reports/quantize/ranges.csv").read_text().count("\n") > 20
+    r = sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
+    assert "DATA-FREE" in r and "quantize.weight_bits=4" in r
+    set_params(ws, prune={"method": "l1_unstructured"}, quantize={"weight_bits": 32, "act_bits": 32})
+    dvc(ws, "repro")  # back to the unstructured float chain (restored from DVC's run cache)
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-q", "-m", "back to the unstructured float student")
 
 
 def test_real_transfer_set_student_is_flagged_not_data_free(ws):

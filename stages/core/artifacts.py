@@ -16,12 +16,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import safetensors
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import build_model
+from .models import apply_structure, build_model, prunable_layers
+from .quant import quantize_model
 from .runtime import StageError
 
 
@@ -102,28 +104,84 @@ def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
-def save_model(folder: Path, model: nn.Module, card: dict) -> None:
-    """Write ``model.safetensors`` and ``card.json`` (card must name arch, num_classes, in_channels)."""
+def pack_sparse(state: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
+    """Store each of ``keys`` as ``<key>.bitmask`` (1 bit per weight, uint8-packed) + ``<key>.nonzero`` (its nonzeros)."""
+    out = dict(state)
+    for key in keys:
+        w = out.pop(key)
+        mask = w != 0
+        out[f"{key}.bitmask"] = torch.from_numpy(np.packbits(mask.flatten().numpy()))
+        out[f"{key}.nonzero"] = w[mask]
+    return out
+
+
+def unpack_sparse(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Inverse of ``pack_sparse``; ``shapes`` = {key: dense shape} from the card."""
+    out = dict(tensors)
+    for key, shape in shapes.items():
+        bits, values = out.pop(f"{key}.bitmask"), out.pop(f"{key}.nonzero")
+        n = int(np.prod(shape))
+        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
+        if int(mask.sum()) != values.numel():
+            raise ValueError(f"{key}: bitmask has {int(mask.sum())} ones but {values.numel()} nonzero values")
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[mask] = values
+        out[key] = dense.reshape(shape)
+    return out
+
+
+def save_model(folder: Path, model: nn.Module, card: dict, storage: str = "dense") -> None:
+    """Write ``model.safetensors`` and ``card.json`` (card must name arch, num_classes, in_channels).
+
+    ``storage`` = ``bitmask`` keeps every conv/linear weight as a bit mask plus its nonzero values
+    (for unstructured sparsity; the card records the dense shapes). A channel-pruned model's card
+    carries ``structure`` and a fake-quantized one's ``quantization``: ``load_model`` rebuilds both."""
     for key in ("arch", "num_classes", "in_channels"):
         if key not in card:
             raise ValueError(f"model card needs {key!r}")
-    save_tensors(folder / "model.safetensors", state_dict_cpu(model))
-    card = dict(card, weights_sha256=sha256_file(folder / "model.safetensors"))
+    state = state_dict_cpu(model)
+    card = dict(card, storage=storage)
+    if storage == "bitmask":
+        keys = [f"{n}.weight" for n, _ in prunable_layers(model)]
+        card["bitmask_shapes"] = {k: list(state[k].shape) for k in keys}
+        state = pack_sparse(state, keys)
+    elif storage != "dense":
+        raise ValueError(f"unknown storage {storage!r}")
+    save_tensors(folder / "model.safetensors", state)
+    card["weights_sha256"] = sha256_file(folder / "model.safetensors")
     write_json(folder / "card.json", card)
+
+
+def build_from_card(card: dict, where: Path) -> nn.Module:
+    """The (untrained) architecture a card describes: arch, channel structure, fake-quant layers."""
+    try:
+        model = build_model(card["arch"], card["num_classes"], card["in_channels"])
+        if card.get("structure"):
+            apply_structure(model, card["structure"])
+        if card.get("quantization"):
+            quantize_model(model, {k: tuple(v) for k, v in card["quantization"]["layers"].items()})
+    except KeyError as e:
+        raise StageError(f"{where} lacks {e}: cannot rebuild the architecture") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        raise StageError(f"{where}: {e}") from e
+    return model
 
 
 def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from its card and load its weights strictly; returns (model, card)."""
     folder = Path(folder)
     card = read_json(folder / "card.json")
-    try:
-        model = build_model(card["arch"], card["num_classes"], card["in_channels"])
-    except KeyError as e:
-        raise StageError(f"{folder / 'card.json'} lacks {e}: cannot rebuild the architecture") from e
-    except ValueError as e:
-        raise StageError(f"{folder / 'card.json'}: {e}") from e
+    model = build_from_card(card, folder / "card.json")
     state = load_tensors(folder / "model.safetensors")
-    result = model.load_state_dict(state, strict=False)
+    if card.get("storage") == "bitmask":
+        try:
+            state = unpack_sparse(state, card["bitmask_shapes"])
+        except (KeyError, ValueError) as e:
+            raise StageError(f"{folder / 'model.safetensors'}: bad bitmask storage ({e})") from e
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise StageError(f"{folder / 'model.safetensors'} does not fit the architecture in its card: {str(e)[:400]}") from e
     if result.missing_keys or result.unexpected_keys:
         raise StageError(
             f"{folder / 'model.safetensors'} does not fit {card['arch']}: "

@@ -70,3 +70,50 @@ def build_model(arch: str, num_classes: int, in_channels: int) -> nn.Module:
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The conv and linear layers whose weights pruning acts on and sparsity counts."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_structure(model: nn.Module) -> dict[str, list[int]]:
+    """Channel counts of every conv / linear ([out, in]) and BN ([features]) layer: with the arch name,
+    enough to rebuild a channel-pruned model without unpickling a module."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[name] = [m.out_channels, m.in_channels]
+        elif isinstance(m, nn.Linear):
+            out[name] = [m.out_features, m.in_features]
+        elif isinstance(m, nn.BatchNorm2d):
+            out[name] = [m.num_features]
+    return out
+
+
+def apply_structure(model: nn.Module, structure: dict[str, list[int]]) -> nn.Module:
+    """Resize the layers of a freshly built model to ``structure`` (from ``layer_structure``); weights are
+    left uninitialized, to be filled by a strict ``load_state_dict``."""
+    modules = dict(model.named_modules())
+    unknown = sorted(set(structure) - set(modules))
+    if unknown:
+        raise ValueError(f"structure names layers the architecture lacks: {unknown[:5]}")
+    for name, shape in structure.items():
+        m = modules[name]
+        if isinstance(m, nn.Conv2d):
+            if m.groups != 1:
+                raise ValueError(f"{name}: grouped convolutions cannot be resized")
+            m.out_channels, m.in_channels = shape
+            m.weight = nn.Parameter(torch.empty(shape[0], shape[1], *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(shape[0]))
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = shape
+            m.weight = nn.Parameter(torch.empty(shape[0], shape[1]))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(shape[0]))
+        elif isinstance(m, nn.BatchNorm2d):
+            (n,) = shape
+            m.num_features = n
+            if m.affine:
+                m.weight, m.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+            m.register_buffer("running_mean", torch.zeros(n))
+            m.register_buffer("running_var", torch.ones(n))
+        else:
+            raise ValueError(f"{name} is a {type(m).__name__}: only Conv2d, Linear and BatchNorm2d can be resized")
+    return model

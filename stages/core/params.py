@@ -101,9 +101,25 @@ class GaussianTransferSet:
 
 @dataclass(frozen=True)
 class Prune:
-    method: str = _p("l1_unstructured", choices=("l1_unstructured",))
+    method: str = _p("l1_unstructured", choices=("l1_unstructured", "structured"))
     scope: str = _p("global", choices=("global", "layerwise"))
-    sparsity: float = _p(0.75, 0.0, 1.0, hi_open=True)
+    sparsity: float = _p(0.75, 0.0, 1.0, hi_open=True)  # l1_unstructured: fraction of conv+linear weights zeroed
+    structured_target: str = _p("macs", choices=("macs", "channels"))  # structured: what structured_amount is a fraction of
+    structured_amount: float = _p(0.5, 0.0, 0.95)  # structured: fraction of MACs (or channels) removed
+
+
+BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = float (not quantized)
+
+
+@dataclass(frozen=True)
+class Quantize:
+    weight_bits: int = _p(32, choices=BITS)  # per-channel symmetric; 32 = off
+    act_bits: int = _p(32, choices=BITS)  # per-tensor asymmetric, input of every conv/linear; 32 = off
+    first_last_bits: int = _p(8, choices=(0, *BITS))  # bits of the first conv and the last linear layer; 0 = as the rest
+    calibration: str = _p("minmax", choices=("minmax", "percentile"))  # per-batch extremes (or percentiles), averaged
+    percentile: float = _p(99.99, 50.0, 100.0, lo_open=True)
+    calib_images: int = _p(0, 0, 10_000_000)  # synthetic images used for calibration; 0 = all
+    batch_size: int = _p(128, 1, 65536)
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ class Evaluate:
     batch_size: int = _p(1000, 1, 65536)
     fgsm_eps: float = _p(0.1, 0.0, 1.0)  # FGSM step in [0, 1] pixel units for the J_KL table's adversarial set
     jkl_max_images: int = _p(0, 0, 10_000_000)  # J_KL table: at most this many images per data set (0 = all)
+    latency_threads: int = _p(1, 1, 1024)  # CPU threads while timing (pinned, so runs compare)
+    latency_repeats: int = _p(30, 1, 100_000)  # timed forwards per batch size; the median is reported
 
 
 SECTIONS = {
@@ -143,6 +161,7 @@ SECTIONS = {
     "real_transfer_set": RealTransferSet,
     "gaussian_transfer_set": GaussianTransferSet,
     "prune": Prune,
+    "quantize": Quantize,
     "distill": Distill,
     "evaluate": Evaluate,
 }

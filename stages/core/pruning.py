@@ -1,18 +1,28 @@
-"""Magnitude pruning of conv + linear weights with torch.nn.utils.prune.
+"""Magnitude pruning of conv + linear weights: unstructured with torch.nn.utils.prune, or whole
+channels with Torch-Pruning (``prune_structured``).
 
 ``prune_l1_unstructured`` leaves the model re-parametrized (``weight_orig`` x
 ``weight_mask``), so any later training keeps pruned weights at exactly zero;
 ``make_permanent`` folds the masks back into plain ``weight`` tensors for saving.
 Masks travel as their own safetensors file and are re-applied with ``apply_masks``.
+
+``prune_structured`` removes output channels by L1 norm through Torch-Pruning's dependency
+graph, which shrinks the coupled layers together (the next conv's inputs, the BN's affine
+parameters and running statistics, every conv on a residual sum); the model really gets
+smaller and keeps running. The final classifier keeps its outputs.
 """
 
 from __future__ import annotations
 
 import torch
+import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune
 
+from .cost import macs
 from .models import prunable_layers
+
+STRUCTURED_STEP = 0.01  # channel fraction removed per Torch-Pruning step while aiming at a MAC target
 
 
 def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str) -> None:
@@ -67,3 +77,31 @@ def sparsity_table(model: nn.Module) -> list[dict]:
 def global_sparsity(model: nn.Module) -> float:
     rows = sparsity_table(model)
     return sum(r["zeros"] for r in rows) / sum(r["numel"] for r in rows)
+
+
+def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(multiply-accumulates of one forward at batch 1 as ``cost.macs`` counts them, parameter count)."""
+    return macs(model, input_shape)["macs"], sum(p.numel() for p in model.parameters())
+
+
+def prune_structured(model: nn.Module, target: str, amount: float, scope: str, input_shape: tuple[int, ...]) -> dict:
+    """Remove channels by L1 magnitude until ``amount`` of the MACs (target ``macs``) or of the prunable
+    channels (target ``channels``) is gone; ``scope`` global ranks channels across layers. Returns a summary."""
+    model.eval()
+    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    base_macs, base_params = count_macs_params(model, input_shape)
+    last = [m for _, m in prunable_layers(model)][-1]
+    common = dict(importance=tp.importance.MagnitudeImportance(p=1), ignored_layers=[last], global_pruning=scope == "global")
+    if target == "channels":
+        tp.pruner.MagnitudePruner(model, example, pruning_ratio=amount, iterative_steps=1, **common).step()
+    elif target == "macs":
+        steps = int(round(0.99 / STRUCTURED_STEP))
+        pruner = tp.pruner.MagnitudePruner(model, example, pruning_ratio=0.99, iterative_steps=steps, **common)
+        for _ in range(steps):
+            pruner.step()
+            if count_macs_params(model, input_shape)[0] <= (1 - amount) * base_macs:
+                break
+    else:
+        raise ValueError(f"unknown structured pruning target {target!r}")
+    macs, params = count_macs_params(model, input_shape)
+    return {"macs_before": base_macs, "macs_after": macs, "params_before": base_params, "params_after": params}

@@ -1,0 +1,91 @@
+"""Inference cost of a model: MACs, parameters, effective size in bits, CPU latency.
+
+- MACs: ``torch.utils.flop_counter.FlopCounterMode`` on one image (FLOPs / 2); ``nonzero_macs``
+  counts only products with a nonzero weight (what a sparse kernel could skip).
+- Effective size: every conv/linear weight costs its nonzeros x its bit width, plus 1 bit per
+  weight for the bit mask when the model is stored sparse (unstructured pruning); every other
+  tensor element (biases, BatchNorm affine parameters and running statistics) costs 32 bits.
+- Latency: median wall time of ``repeats`` forwards at a fixed batch size with the CPU thread
+  count pinned, after warm-up. Fake-quant models are timed with quantization disabled: the
+  simulation ops are not a deployment kernel, the float architecture underneath is what we time.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import prunable_layers
+from .quant import FLOAT_BITS, quant_layers, quantization_disabled
+
+WARMUP = 5
+
+
+@torch.no_grad()
+def macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """``{"macs": dense MACs, "nonzero_macs": MACs with a nonzero weight}`` for one image."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, *input_shape, device=device)
+    out_sizes: dict[str, int] = {}
+    hooks = [m.register_forward_hook(_size_hook(out_sizes, n)) for n, m in prunable_layers(model)]
+    try:
+        with FlopCounterMode(display=False) as counter, quantization_disabled(model):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    nonzero = 0
+    for name, m in prunable_layers(model):
+        positions = out_sizes[name] // m.weight.shape[0]  # output positions per output channel
+        nonzero += positions * int((m.weight != 0).sum())
+    return {"macs": counter.get_total_flops() // 2, "nonzero_macs": nonzero}
+
+
+def _size_hook(store: dict, name: str):
+    def hook(_m, _inputs, output):
+        store[name] = output[0].numel()
+
+    return hook
+
+
+def effective_bits(model: nn.Module, sparse_storage: bool) -> int:
+    """Model size in bits at the weights' bit widths (see the module docstring)."""
+    bits_of = {n: m.weight_bits for n, m in quant_layers(model)}
+    weights = {f"{n}.weight": (m.weight, bits_of.get(n, FLOAT_BITS)) for n, m in prunable_layers(model)}
+    total = 0
+    for name, w in model.state_dict().items():
+        if name in weights:
+            tensor, b = weights[name]
+            total += int((tensor != 0).sum()) * b + (tensor.numel() if sparse_storage else 0)
+        elif name.endswith("num_batches_tracked"):
+            continue
+        else:
+            total += w.numel() * 32
+    return total
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int, repeats: int) -> float:
+    """Median milliseconds per forward of a ``batch``-image input on CPU with ``threads`` threads (channels_last)."""
+    model = copy.deepcopy(model).eval().cpu().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, *input_shape).contiguous(memory_format=torch.channels_last)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with quantization_disabled(model):
+            for _ in range(WARMUP):
+                model(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    return 1000 * statistics.median(times)

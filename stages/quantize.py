@@ -1,0 +1,82 @@
+"""Stage quantize: simulated low-precision weights/activations, calibrated on the synthetic set (no real data).
+
+Wraps the pruned model's conv and linear layers in fake-quant layers (core/quant.py: per-channel
+symmetric weights, per-tensor activations, first/last layer bits separate; BN untouched), sets
+the activation ranges from the synthetic images (mean of per-batch min/max, or percentiles) and
+writes the calibrated model: the "calibration only" row of the report. distill then fine-tunes
+it by KD with these ranges frozen. With weight_bits = act_bits = 32 the stage passes the pruned
+model through unchanged, so prune -> quantize -> distill is always the chain.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+
+from stages.core.artifacts import atomic_dir, load_model, load_tensors, read_json, save_model, save_tensors, sha256_file, write_json
+from stages.core.params import as_dict, load_params
+from stages.core.quant import FLOAT_BITS, calibrate, layer_bits, quantize_model
+from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
+
+TEACHER = Path("models/teacher")
+PRUNED = Path("models/pruned")
+SYNTHETIC = Path("data/synthetic")
+OUT = Path("models/quantized")
+REPORTS = Path("reports/quantize")
+
+
+def main() -> None:
+    p = load_params("common", "quantize")
+    common, cfg = p["common"], p["quantize"]
+    seed_everything(common.seed)
+    device = resolve_device(common.device)
+    model, pcard = load_model(PRUNED, device)
+    scard = read_json(SYNTHETIC / "card.json")
+    if scard["teacher_sha256"] != pcard["teacher_sha256"]:
+        raise StageError(f"{SYNTHETIC} and {PRUNED} come from different teachers (teacher_sha256 in their cards): rerun dvc repro")
+    enabled = cfg.weight_bits < FLOAT_BITS or cfg.act_bits < FLOAT_BITS
+    card = {
+        **{k: v for k, v in pcard.items() if k not in ("weights_sha256", "storage", "params", "kind")},
+        "kind": "quantized" if enabled else "pruned (not quantized: quantize.weight_bits = act_bits = 32)",
+        "pruned_sha256": sha256_file(PRUNED / "model.safetensors"),
+        "calibration_set_sha256": sha256_file(SYNTHETIC / "images.safetensors"),
+        "params": {"common": as_dict(common), "quantize": as_dict(cfg)},
+        "quantization": None,
+    }
+    ranges, timings = {}, {"wall_s": 0.0}
+    if enabled:
+        bits = layer_bits(model, cfg.weight_bits, cfg.act_bits, cfg.first_last_bits)
+        quantize_model(model, bits)
+        x = load_tensors(SYNTHETIC / "images.safetensors")["images"].float()
+        x = x[: cfg.calib_images or None]
+        with timed(timings, "wall_s"):
+            try:
+                ranges = calibrate(model, x, cfg.batch_size, cfg.calibration, cfg.percentile, device)
+            except ValueError as e:
+                raise StageError(f"quantize: {e}") from e
+        card["quantization"] = {
+            "weight_bits": cfg.weight_bits,
+            "act_bits": cfg.act_bits,
+            "first_last_bits": cfg.first_last_bits,
+            "weights": "per-channel symmetric, levels -(2^(b-1)-1)..2^(b-1)-1",
+            "activations": f"per-tensor asymmetric on every conv/linear input, {cfg.calibration} calibration on {len(x)} synthetic images",
+            "layers": {k: list(v) for k, v in bits.items()},
+        }
+    with atomic_dir(OUT) as tmp:
+        if (PRUNED / "masks.safetensors").is_file():
+            save_tensors(tmp / "masks.safetensors", load_tensors(PRUNED / "masks.safetensors"))
+            card["masks_sha256"] = sha256_file(tmp / "masks.safetensors")
+        save_model(tmp, model, card)
+    layers = (card["quantization"] or {}).get("layers", {})
+    rows = [{"layer": k, "weight_bits": layers[k][0], "act_bits": layers[k][1], "lo": lo, "hi": hi} for k, (lo, hi) in ranges.items()]
+    with atomic_dir(REPORTS) as tmp:
+        pd.DataFrame(rows, columns=["layer", "weight_bits", "act_bits", "lo", "hi"]).to_csv(tmp / "ranges.csv", index=False)
+        write_json(
+            tmp / "metrics.json",
+            {"enabled": enabled, **{k: getattr(cfg, k) for k in ("weight_bits", "act_bits", "first_last_bits")}, **timings},
+        )
+    what = f"{cfg.weight_bits}w{cfg.act_bits}a (first/last {cfg.first_last_bits or 'same'})" if enabled else "off (passed through)"
+    print(f"quantize: {what}; {len(ranges)} activation ranges calibrated on the synthetic set")
+
+
+if __name__ == "__main__":
+    run_stage(main)

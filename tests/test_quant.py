@@ -1,0 +1,122 @@
+"""Fake quantization: level counts, straight-through gradients, calibration, composition with masks."""
+
+import pytest
+import torch
+
+from stages.core.artifacts import load_model, save_model
+from stages.core.models import build_model, prunable_layers
+from stages.core.pruning import apply_masks, make_permanent, masks_of, prune_l1_unstructured
+from stages.core.quant import (
+    QuantConv2d,
+    QuantLinear,
+    act_qparams,
+    calibrate,
+    layer_bits,
+    quant_layers,
+    quantization_disabled,
+    quantize_model,
+)
+
+
+def quantized(net, wb, ab, first_last=0):
+    return quantize_model(net, layer_bits(net, wb, ab, first_last))
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_at_most_2_pow_b_weight_levels_per_channel(toy_net, bits):
+    quantized(toy_net, bits, 32)
+    for _, m in quant_layers(toy_net):
+        w = m.quantized_weight().detach().flatten(1)
+        for row in w:
+            assert len(torch.unique(row)) <= 2**bits
+        # symmetric per channel: the largest |w| is kept exactly
+        torch.testing.assert_close(w.abs().amax(1), m.weight.detach().flatten(1).abs().amax(1))
+
+
+def test_swap_keeps_parameters_and_leaves_bn_alone(toy_net):
+    params = {n: p for n, p in toy_net.named_parameters()}
+    bn = toy_net.bn1
+    quantized(toy_net, 4, 4, 8)
+    assert isinstance(toy_net.conv1, QuantConv2d) and isinstance(toy_net.fc, QuantLinear)
+    assert toy_net.bn1 is bn
+    for n, p in toy_net.named_parameters():
+        assert p is params[n]
+    assert (toy_net.conv1.weight_bits, toy_net.conv2.weight_bits, toy_net.fc.weight_bits) == (8, 4, 8)  # first/last at 8
+
+
+def test_straight_through_estimator_passes_gradients(toy_net):
+    quantized(toy_net, 4, 4)
+    calibrate(toy_net, torch.randn(32, 1, 8, 8), 16, "minmax", 99.99, "cpu")
+    toy_net.eval()
+    x = torch.randn(8, 1, 8, 8, requires_grad=True)
+    toy_net(x).sum().backward()
+    for _, m in quant_layers(toy_net):
+        assert m.weight.grad is not None and m.weight.grad.abs().sum() > 0
+    assert x.grad.abs().sum() > 0  # through the input fake-quant too
+
+
+def test_ste_gradient_is_identity_inside_the_range():
+    lin = quantize_model(torch.nn.Sequential(torch.nn.Linear(4, 3)), {"0": (4, 8)})[0]
+    lin.act_lo.fill_(-10.0)
+    lin.act_hi.fill_(10.0)
+    x = torch.randn(5, 4, requires_grad=True)
+    lin(x).sum().backward()
+    expected = lin.quantized_weight().detach().sum(0).expand(5, 4)
+    torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_calibration_ranges_are_finite_and_cover_zero(trained_toy_net, method):
+    quantized(trained_toy_net, 4, 4)
+    ranges = calibrate(trained_toy_net, torch.randn(64, 1, 8, 8) * 2 + 1.5, 16, method, 99.0, "cpu")
+    assert set(ranges) == {"conv1", "conv2", "fc"}
+    for lo, hi in ranges.values():
+        assert torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi
+    assert ranges["conv2"][0] >= 0  # post-ReLU input
+    scale, zero = act_qparams(*ranges["conv1"], 4)
+    assert scale > 0 and 0 <= zero <= 15
+
+
+def test_low_bit_activations_change_outputs_and_disabling_restores_float(trained_toy_net):
+    x = torch.randn(16, 1, 8, 8) * 2 + 1.5
+    ref = trained_toy_net(x)
+    quantized(trained_toy_net, 2, 2)
+    calibrate(trained_toy_net, x, 8, "minmax", 99.99, "cpu")
+    assert not torch.allclose(trained_toy_net(x), ref)
+    with quantization_disabled(trained_toy_net):
+        torch.testing.assert_close(trained_toy_net(x), ref)
+
+
+def test_pruned_zeros_stay_zero_under_quantization_and_training():
+    torch.manual_seed(0)
+    m = build_model("resnet20", 10, 1)
+    prune_l1_unstructured(m, 0.75, "global")
+    masks = masks_of(m)
+    make_permanent(m)
+    quantized(m, 4, 8, 8)
+    apply_masks(m, masks)
+    calibrate(m, torch.randn(16, 1, 28, 28), 8, "minmax", 99.99, "cpu")
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    m.train()
+    for _ in range(2):
+        opt.zero_grad()
+        m(torch.randn(8, 1, 28, 28)).logsumexp(1).mean().backward()
+        opt.step()
+    make_permanent(m)
+    for name, layer in prunable_layers(m):
+        qw = layer.quantized_weight().detach()
+        assert (qw[~masks[f"{name}.weight"]] == 0).all()
+
+
+def test_quantized_model_round_trips_through_its_card(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("resnet20", 10, 1)
+    bits = layer_bits(m, 4, 4, 8)
+    quantize_model(m, bits)
+    calibrate(m, torch.randn(32, 1, 28, 28), 16, "minmax", 99.99, "cpu")
+    save_model(tmp_path, m, {"arch": "resnet20", "num_classes": 10, "in_channels": 1, "quantization": {"layers": bits}})
+    loaded, _ = load_model(tmp_path)
+    assert isinstance(loaded.layer2[0].conv1, QuantConv2d)
+    assert float(loaded.layer2[0].conv1.act_hi) == float(m.layer2[0].conv1.act_hi)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), m.eval()(x))
