@@ -165,8 +165,12 @@ def lineage(root: Path, artifact: str) -> dict:
                 step["card"] = {
                     k: v
                     for k, v in card.items()
-                    if k.endswith("_sha256") or k in ("kind", "method", "n_images", "test_accuracy", "sparsity", "dataset", "transfer_set")
+                    if k.endswith("_sha256")
+                    or k in ("kind", "method", "n_images", "test_accuracy", "sparsity", "macs_reduction", "dataset", "transfer_set")
                 }
+                if card.get("quantization"):
+                    q = card["quantization"]
+                    step["card"]["quantization"] = f"{q['weight_bits']}w{q['act_bits']}a, first/last {q['first_last_bits'] or 'same'}"
         steps.append(step)
     entries = real_data_entries(declared, locked, stages)
     checks = card_checks(root, cards)
