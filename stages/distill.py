@@ -31,6 +31,11 @@ def main() -> None:
     device = resolve_device(common.device)
     teacher, _ = load_model(TEACHER, device)
     student, pcard = load_model(QUANTIZED, device)
+    if pcard.get("quantization") and cfg.recalibrate_bn:
+        raise StageError(
+            "distill.recalibrate_bn = true would change the BN statistics under the activation ranges quantize calibrated; "
+            "set it to false for a quantized student (quantize.weight_bits / act_bits < 32)"
+        )
     if (QUANTIZED / "masks.safetensors").is_file():  # unstructured pruning: keep pruned weights at zero
         apply_masks(student, load_tensors(QUANTIZED / "masks.safetensors"))
     transfer = Path("data") / cfg.transfer_set

@@ -23,7 +23,7 @@ from stages.core.pruning import (
     prune_structured,
     sparsity_table,
 )
-from stages.core.runtime import run_stage
+from stages.core.runtime import StageError, run_stage
 
 TEACHER = Path("models/teacher")
 OUT = Path("models/pruned")
@@ -37,7 +37,10 @@ def main() -> None:
     teacher_structure = layer_structure(model)
     macs_before, params_before = count_macs_params(model, shape)
     if cfg.method == "structured":
-        prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.scope, shape)
+        try:
+            prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.scope, shape)
+        except ValueError as e:
+            raise StageError(f"prune.structured_amount = {cfg.structured_amount}: {e}") from e
     else:
         prune_l1_unstructured(model, cfg.sparsity, cfg.scope)
     masks = masks_of(model) if cfg.method == "l1_unstructured" else None

@@ -28,7 +28,10 @@ def test_effective_bits_counts_nonzeros_bits_and_index(toy_net):
     nnz, numel = sum(int((v != 0).sum()) for v in w.values()), sum(v.numel() for v in w.values())
     quantize_model(toy_net, layer_bits(toy_net, 4, 8, 0))
     rest = total - numel + 2 * 3  # + each layer's activation range (lo, hi), 32 bits each
-    assert effective_bits(toy_net, sparse_storage=True) == 4 * nnz + numel + 32 * rest
+    qnnz = sum(int((m.quantized_weight() != 0).sum()) for m in (toy_net.conv1, toy_net.conv2, toy_net.fc))
+    assert qnnz <= nnz  # rounding can only add zeros
+    assert effective_bits(toy_net, sparse_storage=True) == 4 * qnnz + numel + 32 * rest
+    assert effective_bits(toy_net, sparse_storage=False) == 4 * numel + 32 * rest  # dense: every weight stored
 
 
 def test_bitmask_storage_round_trips_and_is_smaller(tmp_path):

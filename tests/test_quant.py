@@ -73,8 +73,8 @@ def test_calibration_ranges_are_finite_and_cover_zero(trained_toy_net, method):
     for lo, hi in ranges.values():
         assert torch.isfinite(torch.tensor([lo, hi])).all() and lo < hi
     assert ranges["conv2"][0] >= 0  # post-ReLU input
-    scale, zero = act_qparams(*ranges["conv1"], 4)
-    assert scale > 0 and 0 <= zero <= 15
+    scale, zero = act_qparams(*torch.tensor(ranges["conv1"]), 4)
+    assert scale.item() > 0 and 0 <= zero.item() <= 15 and zero.dtype == torch.int32
 
 
 def test_low_bit_activations_change_outputs_and_disabling_restores_float(trained_toy_net):
@@ -120,3 +120,15 @@ def test_quantized_model_round_trips_through_its_card(tmp_path):
     assert float(loaded.layer2[0].conv1.act_hi) == float(m.layer2[0].conv1.act_hi)
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(loaded(x), m.eval()(x))
+
+
+def test_first_last_bits_only_where_something_is_quantized(toy_net):
+    assert layer_bits(toy_net, 4, 4, 8) == {"conv1": (8, 8), "conv2": (4, 4), "fc": (8, 8)}
+    assert layer_bits(toy_net, 32, 8, 8) == {"conv1": (32, 8), "conv2": (32, 8), "fc": (32, 8)}
+    assert layer_bits(toy_net, 4, 8, 0) == {"conv1": (4, 8), "conv2": (4, 8), "fc": (4, 8)}
+
+
+def test_empty_calibration_set_is_a_clear_error(toy_net):
+    quantized(toy_net, 4, 4)
+    with pytest.raises(ValueError, match="no calibration images"):
+        calibrate(toy_net, torch.zeros(0, 1, 8, 8), 8, "minmax", 99.99, "cpu")

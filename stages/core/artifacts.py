@@ -122,6 +122,8 @@ def unpack_sparse(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]
         bits, values = out.pop(f"{key}.bitmask"), out.pop(f"{key}.nonzero")
         n = int(np.prod(shape))
         mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
+        if mask.numel() != n:
+            raise ValueError(f"{key}: bitmask holds {mask.numel()} bits, the shape {shape} needs {n}")
         if int(mask.sum()) != values.numel():
             raise ValueError(f"{key}: bitmask has {int(mask.sum())} ones but {values.numel()} nonzero values")
         dense = torch.zeros(n, dtype=values.dtype)

@@ -2,8 +2,9 @@
 
 - MACs: ``torch.utils.flop_counter.FlopCounterMode`` on one image (FLOPs / 2); ``nonzero_macs``
   counts only products with a nonzero weight (what a sparse kernel could skip).
-- Effective size: every conv/linear weight costs its nonzeros x its bit width, plus 1 bit per
-  weight for the bit mask when the model is stored sparse (unstructured pruning); every other
+- Effective size: stored dense, every conv/linear weight costs its bit width; stored sparse
+  (unstructured pruning), its nonzeros (after quantization) x its bit width plus 1 bit per weight
+  for the bit mask; every other
   tensor element (biases, BatchNorm affine parameters and running statistics) costs 32 bits.
 - Latency: median wall time of ``repeats`` forwards at a fixed batch size with the CPU thread
   count pinned, after warm-up. Fake-quant models are timed with quantization disabled: the
@@ -56,13 +57,17 @@ def _size_hook(store: dict, name: str):
 
 def effective_bits(model: nn.Module, sparse_storage: bool) -> int:
     """Model size in bits at the weights' bit widths (see the module docstring)."""
-    bits_of = {n: m.weight_bits for n, m in quant_layers(model)}
-    weights = {f"{n}.weight": (m.weight, bits_of.get(n, FLOAT_BITS)) for n, m in prunable_layers(model)}
+    quant = dict(quant_layers(model))
+    weights = {}
+    with torch.no_grad():
+        for n, m in prunable_layers(model):
+            w = quant[n].quantized_weight() if n in quant else m.weight  # zeros after rounding count as zeros
+            weights[f"{n}.weight"] = (w, quant[n].weight_bits if n in quant else FLOAT_BITS)
     total = 0
     for name, w in model.state_dict().items():
         if name in weights:
             tensor, b = weights[name]
-            total += int((tensor != 0).sum()) * b + (tensor.numel() if sparse_storage else 0)
+            total += int((tensor != 0).sum()) * b + tensor.numel() if sparse_storage else tensor.numel() * b
         elif name.endswith("num_batches_tracked"):
             continue
         else:
@@ -74,7 +79,7 @@ def effective_bits(model: nn.Module, sparse_storage: bool) -> int:
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int, repeats: int) -> float:
     """Median milliseconds per forward of a ``batch``-image input on CPU with ``threads`` threads (channels_last)."""
     model = copy.deepcopy(model).eval().cpu().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, *input_shape).contiguous(memory_format=torch.channels_last)
+    x = torch.zeros(batch, *input_shape).contiguous(memory_format=torch.channels_last)  # no draw from the global RNG
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

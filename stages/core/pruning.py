@@ -23,6 +23,7 @@ from .cost import macs
 from .models import prunable_layers
 
 STRUCTURED_STEP = 0.01  # channel fraction removed per Torch-Pruning step while aiming at a MAC target
+MAX_LAYER_RATIO = 0.95  # no layer loses more than this fraction of its channels
 
 
 def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str) -> None:
@@ -91,16 +92,24 @@ def prune_structured(model: nn.Module, target: str, amount: float, scope: str, i
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     base_macs, base_params = count_macs_params(model, input_shape)
     last = [m for _, m in prunable_layers(model)][-1]
-    common = dict(importance=tp.importance.MagnitudeImportance(p=1), ignored_layers=[last], global_pruning=scope == "global")
+    common = dict(
+        importance=tp.importance.MagnitudeImportance(p=1),
+        ignored_layers=[last],
+        global_pruning=scope == "global",
+        max_pruning_ratio=MAX_LAYER_RATIO,  # global ranking never empties a layer
+    )
     if target == "channels":
-        tp.pruner.MagnitudePruner(model, example, pruning_ratio=amount, iterative_steps=1, **common).step()
+        if amount > 0:
+            tp.pruner.MagnitudePruner(model, example, pruning_ratio=amount, iterative_steps=1, **common).step()
     elif target == "macs":
-        steps = int(round(0.99 / STRUCTURED_STEP))
-        pruner = tp.pruner.MagnitudePruner(model, example, pruning_ratio=0.99, iterative_steps=steps, **common)
+        steps = int(round(MAX_LAYER_RATIO / STRUCTURED_STEP))
+        pruner = tp.pruner.MagnitudePruner(model, example, pruning_ratio=MAX_LAYER_RATIO, iterative_steps=steps, **common)
         for _ in range(steps):
-            pruner.step()
             if count_macs_params(model, input_shape)[0] <= (1 - amount) * base_macs:
                 break
+            pruner.step()
+        if count_macs_params(model, input_shape)[0] > (1 - amount) * base_macs:
+            raise ValueError(f"cannot remove {amount:.0%} of the MACs with at most {MAX_LAYER_RATIO:.0%} of each layer's channels")
     else:
         raise ValueError(f"unknown structured pruning target {target!r}")
     macs, params = count_macs_params(model, input_shape)

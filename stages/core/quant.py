@@ -34,13 +34,14 @@ def _weight_fq(w: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
 
 
-def act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
-    """Scale and zero point of an asymmetric ``bits``-bit grid covering [lo, hi] (and 0)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
+def act_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float) and zero point (int32) tensors of an asymmetric ``bits``-bit grid covering [lo, hi] and 0.
+    Tensors on the model's device: no host sync per forward."""
+    lo, hi = lo.float().clamp(max=0.0), hi.float().clamp(min=0.0)
     qmax = 2**bits - 1
-    scale = max((hi - lo) / qmax, 1e-8)
-    zero = int(round(-lo / scale))
-    return scale, min(max(zero, 0), qmax)
+    scale = ((hi - lo) / qmax).clamp(min=1e-8)
+    zero = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+    return scale.reshape(1), zero.reshape(1)
 
 
 class _FakeQuant:
@@ -60,7 +61,7 @@ class _FakeQuant:
             return x
         if not self.quant_enabled or self.act_bits >= FLOAT_BITS:
             return x
-        scale, zero = act_qparams(float(self.act_lo), float(self.act_hi), self.act_bits)
+        scale, zero = act_qparams(self.act_lo, self.act_hi, self.act_bits)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 2**self.act_bits - 1)
 
     def quantized_weight(self) -> torch.Tensor:
@@ -90,9 +91,10 @@ def layer_bits(model: nn.Module, weight_bits: int, act_bits: int, first_last_bit
     """``{layer: (weight_bits, act_bits)}`` for every conv/linear layer: first and last get first_last_bits if nonzero."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     out = {n: (weight_bits, act_bits) for n in names}
-    if first_last_bits and names:
+    if first_last_bits and names:  # only what is quantized at all: 32w8a keeps float weights in the first/last layer too
+        edge = (first_last_bits if weight_bits < FLOAT_BITS else FLOAT_BITS, first_last_bits if act_bits < FLOAT_BITS else FLOAT_BITS)
         for n in (names[0], names[-1]):
-            out[n] = (first_last_bits, first_last_bits)
+            out[n] = edge
     return out
 
 
@@ -159,6 +161,8 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int, method: str, p
     ``percentile`` and its mirror (``percentile``), averaged over batches - the paper's running mean of
     per-chunk extremes. Observed with quantized weights and float activations. Returns ``{layer: [lo, hi]}``."""
     layers = quant_layers(model)
+    if len(x) == 0:
+        raise ValueError("no calibration images")
     model.eval()
     for _, m in layers:
         m.observer, m.observed = _range_observer(method, percentile), []
