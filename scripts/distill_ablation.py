@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.core.artifacts import atomic_dir, load_model, load_tensors  # noqa: E402
+from stages.core.artifacts import atomic_dir, load_tensors  # noqa: E402
+from stages.core.checkpoints import load_model  # noqa: E402
 from stages.core.data import load_split  # noqa: E402
 from stages.core.imageops import normalize  # noqa: E402
 from stages.core.kd import distill  # noqa: E402

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from stages.core.artifacts import load_model, load_tensors, read_json, sha256_file
+from stages.core.artifacts import load_tensors, read_json, sha256_file
 from stages.core.bn import j_kl
+from stages.core.checkpoints import load_model
 from stages.core.imageops import normalize
 from stages.core.runtime import StageError, resolve_device, run_stage
 

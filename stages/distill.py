@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.core.artifacts import atomic_dir, library_versions, load_model, load_tensors, read_json, save_model, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, library_versions, load_tensors, read_json, save_model, sha256_file, write_json
+from stages.core.checkpoints import load_model
 from stages.core.kd import distill
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves

@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.core.artifacts import atomic_dir, atomic_write_text, load_model, load_tensors, read_json, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, atomic_write_text, load_tensors, read_json, sha256_file, write_json
+from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
 from stages.core.data import load_split
 from stages.core.imageops import normalize

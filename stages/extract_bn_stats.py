@@ -4,8 +4,9 @@ from pathlib import Path
 
 import torch
 
-from stages.core.artifacts import atomic_dir, load_model, save_bn_stats, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, save_bn_stats, sha256_file, write_json
 from stages.core.bn import running_stats
+from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage
 

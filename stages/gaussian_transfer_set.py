@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from stages.core.artifacts import atomic_dir, library_versions, load_model, read_json, save_tensors, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, library_versions, read_json, save_tensors, sha256_file, write_json
+from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import resolve_device, run_stage, seed_everything
 from stages.core.training import predict

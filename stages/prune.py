@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.core.artifacts import atomic_dir, load_model, save_model, save_tensors, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, save_model, save_tensors, sha256_file, write_json
+from stages.core.checkpoints import load_model
 from stages.core.models import layer_structure
 from stages.core.params import as_dict, load_params
 from stages.core.plots import bars

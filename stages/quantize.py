@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.core.artifacts import atomic_dir, load_model, load_tensors, read_json, save_model, save_tensors, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, load_tensors, read_json, save_model, save_tensors, sha256_file, write_json
+from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
 from stages.core.quant import FLOAT_BITS, calibrate, layer_bits, quantize_model
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed

@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.core.artifacts import atomic_dir, library_versions, load_bn_stats, load_model, save_tensors, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, library_versions, load_bn_stats, save_tensors, sha256_file, write_json
 from stages.core.bn import bn_layers, j_kl
+from stages.core.checkpoints import load_model
 from stages.core.imageops import pixel_bounds
 from stages.core.inversion import TARGETED, curve_columns, synthesize_set
 from stages.core.params import as_dict, load_params

@@ -3,7 +3,8 @@ import pickle
 import pytest
 import torch
 
-from stages.core.artifacts import atomic_dir, load_bn_stats, load_model, load_tensors, save_bn_stats, save_model, save_tensors
+from stages.core.artifacts import atomic_dir, load_bn_stats, load_tensors, save_bn_stats, save_model, save_tensors
+from stages.core.checkpoints import load_model
 from stages.core.models import build_model
 from stages.core.runtime import StageError
 

@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from stages.core.artifacts import load_model, pack_sparse, save_model, unpack_sparse
+from stages.core.artifacts import pack_sparse, save_model, unpack_sparse
+from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
 from stages.core.models import build_model
 from stages.core.pruning import make_permanent, prune_l1_unstructured

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from stages.core.artifacts import load_model, save_model
+from stages.core.artifacts import save_model
+from stages.core.checkpoints import load_model
 from stages.core.models import build_model, prunable_layers
 from stages.core.pruning import apply_masks, make_permanent, masks_of, prune_l1_unstructured
 from stages.core.quant import (

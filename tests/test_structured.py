@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.core.artifacts import load_model, save_model
+from stages.core.artifacts import save_model
+from stages.core.checkpoints import load_model
 from stages.core.cost import macs
 from stages.core.models import build_model, layer_structure
 from stages.core.pruning import prune_structured

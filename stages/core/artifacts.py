@@ -22,8 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import apply_structure, build_model, prunable_layers
-from .quant import quantize_model
+from .models import prunable_layers
 from .runtime import StageError
 
 
@@ -137,7 +136,7 @@ def save_model(folder: Path, model: nn.Module, card: dict, storage: str = "dense
 
     ``storage`` = ``bitmask`` keeps every conv/linear weight as a bit mask plus its nonzero values
     (for unstructured sparsity; the card records the dense shapes). A channel-pruned model's card
-    carries ``structure`` and a fake-quantized one's ``quantization``: ``load_model`` rebuilds both."""
+    carries ``structure`` and a fake-quantized one's ``quantization``: ``checkpoints.load_model`` rebuilds both."""
     for key in ("arch", "num_classes", "in_channels"):
         if key not in card:
             raise ValueError(f"model card needs {key!r}")
@@ -152,44 +151,6 @@ def save_model(folder: Path, model: nn.Module, card: dict, storage: str = "dense
     save_tensors(folder / "model.safetensors", state)
     card["weights_sha256"] = sha256_file(folder / "model.safetensors")
     write_json(folder / "card.json", card)
-
-
-def build_from_card(card: dict, where: Path) -> nn.Module:
-    """The (untrained) architecture a card describes: arch, channel structure, fake-quant layers."""
-    try:
-        model = build_model(card["arch"], card["num_classes"], card["in_channels"])
-        if card.get("structure"):
-            apply_structure(model, card["structure"])
-        if card.get("quantization"):
-            quantize_model(model, {k: tuple(v) for k, v in card["quantization"]["layers"].items()})
-    except KeyError as e:
-        raise StageError(f"{where} lacks {e}: cannot rebuild the architecture") from e
-    except (ValueError, TypeError, AttributeError) as e:
-        raise StageError(f"{where}: {e}") from e
-    return model
-
-
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from its card and load its weights strictly; returns (model, card)."""
-    folder = Path(folder)
-    card = read_json(folder / "card.json")
-    model = build_from_card(card, folder / "card.json")
-    state = load_tensors(folder / "model.safetensors")
-    if card.get("storage") == "bitmask":
-        try:
-            state = unpack_sparse(state, card["bitmask_shapes"])
-        except (KeyError, ValueError) as e:
-            raise StageError(f"{folder / 'model.safetensors'}: bad bitmask storage ({e})") from e
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatch
-        raise StageError(f"{folder / 'model.safetensors'} does not fit the architecture in its card: {str(e)[:400]}") from e
-    if result.missing_keys or result.unexpected_keys:
-        raise StageError(
-            f"{folder / 'model.safetensors'} does not fit {card['arch']}: "
-            f"missing keys {result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}"
-        )
-    return model.to(device).eval(), card
 
 
 def save_bn_stats(path: Path, stats: dict[str, tuple[torch.Tensor, torch.Tensor]], mean, std) -> None:

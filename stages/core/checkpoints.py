@@ -1,0 +1,58 @@
+"""Loading a model artifact: rebuild the architecture its card describes, then load the safetensors weights.
+
+The card names the registry arch (``models.build_model``), and, when they apply, the channel
+counts of a channel-pruned model (``structure``), the bit widths of a fake-quantized one
+(``quantization``) and the bit-mask storage of an unstructured-sparse one (``storage``). Nothing
+is unpickled. Kept apart from ``artifacts`` so that the teacher's training stage does not depend
+on the pruning/quantization code it never uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .artifacts import load_tensors, read_json, unpack_sparse
+from .models import apply_structure, build_model
+from .quant import quantize_model
+from .runtime import StageError
+
+
+def build_from_card(card: dict, where: Path) -> nn.Module:
+    """The (untrained) architecture a card describes: arch, channel structure, fake-quant layers."""
+    try:
+        model = build_model(card["arch"], card["num_classes"], card["in_channels"])
+        if card.get("structure"):
+            apply_structure(model, card["structure"])
+        if card.get("quantization"):
+            quantize_model(model, {k: tuple(v) for k, v in card["quantization"]["layers"].items()})
+    except KeyError as e:
+        raise StageError(f"{where} lacks {e}: cannot rebuild the architecture") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        raise StageError(f"{where}: {e}") from e
+    return model
+
+
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from its card and load its weights strictly; returns (model, card)."""
+    folder = Path(folder)
+    card = read_json(folder / "card.json")
+    model = build_from_card(card, folder / "card.json")
+    state = load_tensors(folder / "model.safetensors")
+    if card.get("storage") == "bitmask":
+        try:
+            state = unpack_sparse(state, card["bitmask_shapes"])
+        except (KeyError, ValueError) as e:
+            raise StageError(f"{folder / 'model.safetensors'}: bad bitmask storage ({e})") from e
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise StageError(f"{folder / 'model.safetensors'} does not fit the architecture in its card: {str(e)[:400]}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise StageError(
+            f"{folder / 'model.safetensors'} does not fit {card['arch']}: "
+            f"missing keys {result.missing_keys[:8]}, unexpected keys {result.unexpected_keys[:8]}"
+        )
+    return model.to(device).eval(), card
