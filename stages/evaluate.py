@@ -179,8 +179,8 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
-            f"Effective size: conv/linear weights at their bit width (nonzeros only, + 1 bit per weight of bit mask when "
-            f"unstructured-sparse), everything else 32 bits. Latency: median of {cfg.latency_repeats} CPU forwards, "
+            f"Effective size: conv/linear weights at their bit width (when unstructured-sparse: nonzeros only, + 1 bit "
+            f"per weight of bit mask), everything else 32 bits. Latency: median of {cfg.latency_repeats} CPU forwards, "
             f"{cfg.latency_threads} thread(s), channels_last, float kernels (a fake-quant model is timed as the float model "
             f"underneath; unstructured zeros run through dense kernels). Student vs teacher: {m['speedup_b64']:.2f}x faster "
             f"at batch 64, {m['size_ratio']:.1f}x smaller.",
@@ -193,7 +193,7 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "",
             f"{provenance} {scard['n_images']} synthetic images (method `{method}`) made from the teacher and its BatchNorm "
             f"statistics ({agreement}; BN-L2 loss {scard['bn_loss_initial']:.2f} -> {scard['bn_loss_final']:.3f}). "
-            "dvc.yaml (`dvc dag`) shows that extract_bn_stats, synthesize, prune and distill have no dependency on data/raw.",
+            "dvc.yaml (`dvc dag`) shows that extract_bn_stats, synthesize, prune, quantize and distill have no dependency on data/raw.",
             "",
             f"Distillation: {d['epochs']} epochs, T={d['temperature']}, SGD lr {d['lr']} ({d['schedule']}), "
             f"freeze_bn={d['freeze_bn']}, recalibrate_bn={d['recalibrate_bn']}, shift {d['max_shift']} px, flip {d['flip']}.",
