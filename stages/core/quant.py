@@ -181,13 +181,3 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int, method: str, p
         for _, m in layers:
             m.observer, m.observed = None, []
     return ranges
-
-
-def weight_levels(model: nn.Module) -> dict[str, int]:
-    """Largest number of distinct fake-quantized weight values in any output channel, per layer."""
-    out = {}
-    with torch.no_grad():
-        for name, m in quant_layers(model):
-            w = m.quantized_weight().flatten(1)
-            out[name] = max(len(torch.unique(row)) for row in w)
-    return out
