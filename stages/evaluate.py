@@ -41,9 +41,10 @@ def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, cfg, device) -> tup
     params = list(model.parameters())
     shape = tuple(card["input_shape"])
     q = card.get("quantization") or {}
+    sparsity = global_sparsity(model)
     row = {
         "accuracy": match_rate(pred, y),
-        "sparsity": global_sparsity(model),
+        "sparsity": sparsity,
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum((p != 0).sum() for p in params)),
         "file_bytes": (folder / "model.safetensors").stat().st_size,
@@ -51,7 +52,7 @@ def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, cfg, device) -> tup
         "bits": f"{q['weight_bits']}w{q['act_bits']}a" if q else "fp32",
         **macs(model, shape),
         # unstructured-sparse models are sized in the bitmask format (the student is saved in it)
-        "effective_bits": effective_bits(model, sparse_storage="masks_sha256" in card and global_sparsity(model) > 0),
+        "effective_bits": effective_bits(model, sparse_storage="masks_sha256" in card and sparsity > 0),
         **{f"latency_ms_b{b}": latency_ms(model, shape, b, cfg.latency_threads, cfg.latency_repeats) for b in LATENCY_BATCHES},
     }
     return row, pred

@@ -8,17 +8,17 @@ it by KD with these ranges frozen. With weight_bits = act_bits = 32 the stage pa
 model through unchanged, so prune -> quantize -> distill is always the chain.
 """
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from stages.core.artifacts import atomic_dir, load_tensors, read_json, save_model, save_tensors, sha256_file, write_json
+from stages.core.artifacts import atomic_dir, load_tensors, read_json, save_model, sha256_file, write_json
 from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
 from stages.core.quant import FLOAT_BITS, calibrate, layer_bits, quantize_model
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 
-TEACHER = Path("models/teacher")
 PRUNED = Path("models/pruned")
 SYNTHETIC = Path("data/synthetic")
 OUT = Path("models/quantized")
@@ -64,7 +64,7 @@ def main() -> None:
         }
     with atomic_dir(OUT) as tmp:
         if (PRUNED / "masks.safetensors").is_file():
-            save_tensors(tmp / "masks.safetensors", load_tensors(PRUNED / "masks.safetensors"))
+            shutil.copyfile(PRUNED / "masks.safetensors", tmp / "masks.safetensors")
             card["masks_sha256"] = sha256_file(tmp / "masks.safetensors")
         save_model(tmp, model, card)
     layers = (card["quantization"] or {}).get("layers", {})
