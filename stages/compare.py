@@ -68,8 +68,13 @@ def dvc(*args: str) -> str:
     return r.stdout
 
 
-def queue(sweep: str, seeds: list[int], jkl_max_images: int) -> None:
+def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str] | None = None) -> None:
+    unknown = sorted(set(settings or []) - set(SWEEPS[sweep]))
+    if unknown:
+        raise StageError(f"--settings: {unknown} not in sweep {sweep!r} (has {list(SWEEPS[sweep])})")
     for setting, sets in SWEEPS[sweep].items():
+        if settings and setting not in settings:
+            continue
         for seed in seeds:
             name = f"{sweep}--{setting}--seed{seed}"
             extra = [f"distill.seed={seed}", f"evaluate.jkl_max_images={jkl_max_images}"]
@@ -219,12 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     q = sub.add_parser("queue", help="queue one sweep as DVC experiments")
     q.add_argument("sweep", choices=sorted(SWEEPS))
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--settings", nargs="+", help="queue only these settings of the sweep (default: all)")
     q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")
     r = sub.add_parser("report", help="tables and plots from the finished experiments")
     r.add_argument("--json", type=Path, help="a saved `dvc exp show --json -A` document instead of asking dvc")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
-        queue(args.sweep, args.seeds, args.jkl_max_images)
+        queue(args.sweep, args.seeds, args.jkl_max_images, args.settings)
     else:
         report(args.json)
 
