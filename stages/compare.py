@@ -41,7 +41,15 @@ SWEEPS = {
     "n_images": {f"n{v}": [f"synthesize.n_images={v}"] for v in (512, 1024, 2048, 4096)},
     "freeze_bn": {f"freeze_bn-{v}": [f"distill.freeze_bn={v}"] for v in ("true", "false")},
     "transfer_set": {f"transfer-{v}": [f"distill.transfer_set={v}"] for v in ("synthetic", "real", "gaussian")},
-    "structured": {f"macs{v}": ["prune.method=structured", f"prune.structured_amount={v}"] for v in (0.5, 0.75)},
+    "structured": {
+        **{f"macs{v}": ["prune.method=structured", f"prune.structured_amount={v}"] for v in (0.5, 0.75)},
+        "macs0.5-global-any": [
+            "prune.method=structured",
+            "prune.structured_amount=0.5",
+            "prune.structured_scope=global",
+            "prune.round_to=1",
+        ],
+    },
     "quant": {
         f"{w}w{a}a-{t}": ["prune.sparsity=0", f"quantize.weight_bits={w}", f"quantize.act_bits={a}", f"distill.transfer_set={t}"]
         for w, a in ((8, 8), (4, 8), (4, 4), (2, 4))

@@ -39,7 +39,7 @@ def main() -> None:
     macs_before, params_before = count_macs_params(model, shape)
     if cfg.method == "structured":
         try:
-            prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.scope, shape)
+            prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.structured_scope, shape, cfg.round_to)
         except ValueError as e:
             raise StageError(f"prune.structured_amount = {cfg.structured_amount}: {e}") from e
     else:
@@ -92,7 +92,8 @@ def main() -> None:
         else:
             values, title, label = list(df.sparsity), f"per-layer sparsity ({cfg.scope} L1, {sparsity:.1%} overall)", "sparsity"
         bars(list(df.layer), values, tmp / "sparsity.png", title, label, horizontal=True)
-    print(f"pruned ({cfg.method}, {cfg.scope}): sparsity {sparsity:.4f}, MACs {macs_before:,} -> {macs:,} ({reduction:.1%} fewer)")
+    scope = cfg.structured_scope if cfg.method == "structured" else cfg.scope
+    print(f"pruned ({cfg.method}, {scope}): sparsity {sparsity:.4f}, MACs {macs_before:,} -> {macs:,} ({reduction:.1%} fewer)")
 
 
 if __name__ == "__main__":

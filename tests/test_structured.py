@@ -76,3 +76,13 @@ def test_card_without_structure_does_not_fit_pruned_weights(tmp_path):
     save_model(tmp_path, m, {"arch": "resnet20", "num_classes": 10, "in_channels": 1})
     with pytest.raises(StageError, match="does not fit"):
         load_model(tmp_path)
+
+
+def test_round_to_keeps_channel_counts_multiples():
+    torch.manual_seed(0)
+    m = trained_bn(build_model("resnet20", 10, 1))
+    prune_structured(m, "macs", 0.5, "layerwise", SHAPE, round_to=8)
+    counts = {mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)}
+    assert counts and all(c % 8 == 0 for c in counts)
+    assert counts != {16, 32, 64}  # something was pruned
+    assert m(torch.randn(2, *SHAPE)).shape == (2, 10)

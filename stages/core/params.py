@@ -106,6 +106,8 @@ class Prune:
     sparsity: float = _p(0.75, 0.0, 1.0, hi_open=True)  # l1_unstructured: fraction of conv+linear weights zeroed
     structured_target: str = _p("macs", choices=("macs", "channels"))  # structured: what structured_amount is a fraction of
     structured_amount: float = _p(0.5, 0.0, 0.95)  # structured: fraction of MACs (or channels) removed
+    structured_scope: str = _p("layerwise", choices=("layerwise", "global"))  # structured: same ratio per layer, or ranked globally
+    round_to: int = _p(8, 1, 512)  # structured: kept channel counts are multiples of this (1 = any)
 
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = float (not quantized)
