@@ -15,6 +15,10 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   quant         no pruning; 8w8a / 4w8a / 4w4a / 2w4a (first/last layer 8 bit), each distilled on the synthetic
                 and on the real (NOT data-free) transfer set; the calibration-only model is evaluate's "quantized" row
   prune_quant   structured 50% MACs + 4w8a, and the default 75% unstructured + 4w8a
+  paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10;
+                report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
+  paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
+  cifar10       the default pipeline (resnet20) on CIFAR-10 from the JPEG copy in ../shared/datasets
 Experiment names are <sweep>--<setting>--seed<k>; the report groups them by sweep and setting
 (mean, std, runs, runs without metrics) and writes summary.{csv,md}, runs.csv and one figure per sweep.
 """
@@ -60,6 +64,38 @@ SWEEPS = {
         "unstructured0.75-4w8a": ["quantize.weight_bits=4", "quantize.act_bits=8"],
     },
 }
+# arXiv 2511.20702 exactly: CIFAR-10, 75% global L1 unstructured, 1024 DeepInversion images, 200 iterations,
+# lambda_BN 10, lambda_TV 1e-5, KD T 3 with SGD lr 1e-3 momentum 0.9 for 15 epochs, student BN frozen.
+# The paper does not state its teacher recipe: ours trains 30 epochs (SGD 0.1, cosine).
+CIFAR10_JPEG = "../shared/datasets/cifar10-jpeg.tar.gz"
+PAPER_PRESET = [
+    "data.name=cifar10",
+    f"prepare_data.path={CIFAR10_JPEG}",
+    "train_teacher.epochs=30",
+    "synthesize.method=deepinversion",
+    "synthesize.n_images=1024",
+    "synthesize.iterations=200",
+    "synthesize.lambda_bn=10",
+    "synthesize.lambda_tv=0.00001",
+    "prune.method=l1_unstructured",
+    "prune.scope=global",
+    "prune.sparsity=0.75",
+    "quantize.weight_bits=32",
+    "quantize.act_bits=32",
+    "distill.temperature=3",
+    "distill.lr=0.001",
+    "distill.momentum=0.9",
+    "distill.epochs=15",
+    "distill.schedule=constant",
+    "distill.freeze_bn=true",
+]
+# scaled so that one architecture runs in minutes on a 2-core CPU: a short teacher on 10k images, 128 images of
+# 200 iterations; everything after synthesis as in the paper
+PAPER_CPU_SCALE = ["train_teacher.epochs=2", "train_teacher.max_train_images=10000", "synthesize.n_images=128", "synthesize.batch_size=64"]
+PAPER_RESULTS = {"resnet18": (73.29, 93.10), "resnet34": (76.03, 93.51), "resnet50": (82.33, 92.07)}  # pruned -> recovered, %
+SWEEPS["paper"] = {a: [*PAPER_PRESET, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
+SWEEPS["paper_cpu"] = {a: [*PAPER_PRESET, *PAPER_CPU_SCALE, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
+SWEEPS["cifar10"] = {"resnet20": ["data.name=cifar10", f"prepare_data.path={CIFAR10_JPEG}"]}  # the default pipeline on CIFAR-10
 ACC = "metrics.student.accuracy"
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
@@ -83,6 +119,7 @@ def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str]
     for setting, sets in SWEEPS[sweep].items():
         if settings and setting not in settings:
             continue
+        sets = [absolute_path(s) for s in sets]
         for seed in seeds:
             name = f"{sweep}--{setting}--seed{seed}"
             extra = [f"distill.seed={seed}", f"evaluate.jkl_max_images={jkl_max_images}"]
@@ -90,6 +127,40 @@ def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str]
             dvc(*args)
             print("queued", name)
     print("now run: dvc exp run --run-all   (then: python -m stages.compare report)")
+
+
+def absolute_path(assignment: str) -> str:
+    """Queued experiments run in a temporary copy of the repo (.dvc/tmp/exps), so a relative data path
+    given from the project root would point elsewhere there: make it absolute at queue time."""
+    key, _, value = assignment.partition("=")
+    if key == "prepare_data.path" and value and not Path(value).is_absolute():
+        return f"{key}={Path(value).resolve()}"
+    return assignment
+
+
+def paper_table(runs: pd.DataFrame) -> str:
+    """Paper-vs-ours for the arXiv 2511.20702 preset runs (full and CPU-scaled)."""
+    part = runs[runs["sweep"].isin(["paper", "paper_cpu"]) & runs["has_metrics"]]
+    if part.empty:
+        return ""
+    lines = [
+        "# arXiv 2511.20702 preset: paper vs ours (CIFAR-10, 75% global L1, DeepInversion, KD)",
+        "",
+        "Ours: CIFAR-10 from the run's prepare_data source (the JPEG copy here, slightly harder than the original batches).",
+        "paper_cpu runs are scaled down (short teacher, 128 synthetic images) to fit a 2-core CPU: not comparable in level.",
+        "",
+        "| run | arch | device | paper pruned | paper recovered | our teacher | our pruned | our recovered | gap to teacher |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in part.sort_values(["sweep", "setting", "seed"]).to_dict("records"):
+        pp, pr = PAPER_RESULTS[d["setting"]]
+        t, p, st = d["metrics.teacher.accuracy"], d["metrics.pruned.accuracy"], d[ACC]
+        dev = d.get("metrics.device", "-")
+        lines.append(
+            f"| {d['sweep']} seed {d['seed']} | {d['setting']} | {dev} | {pp:.2f}% | {pr:.2f}% "
+            f"| {t:.2%} | {p:.2%} | {st:.2%} | {100 * (t - st):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def runs_table(doc) -> pd.DataFrame:
@@ -223,6 +294,9 @@ def report(json_path: Path | None) -> None:
         summary.to_csv(tmp / "summary.csv", index=False)
         (tmp / "summary.md").write_text(render(summary))
         plot(summary, tmp)
+        paper = paper_table(runs)
+        if paper:
+            (tmp / "paper.md").write_text(paper)
     print(render(summary))
 
 

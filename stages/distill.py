@@ -41,6 +41,8 @@ def main() -> None:
         apply_masks(student, load_tensors(QUANTIZED / "masks.safetensors"))
     transfer = Path("data") / cfg.transfer_set
     scard = read_json(transfer / "card.json")
+    if scard.get("available") is False:
+        raise StageError(f"distill.transfer_set = {cfg.transfer_set}: {transfer} is empty - {scard.get('reason')}")
     teacher_sha = sha256_file(TEACHER / "model.safetensors")
     for folder, card in ((QUANTIZED, pcard), (transfer, scard)):
         if card["teacher_sha256"] != teacher_sha:

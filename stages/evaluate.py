@@ -8,12 +8,12 @@ import torch
 from stages.core.artifacts import atomic_dir, atomic_write_text, load_tensors, read_json, sha256_file, write_json
 from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
-from stages.core.data import load_split
+from stages.core.data import has_split, load_split
 from stages.core.imageops import normalize
 from stages.core.params import load_params
 from stages.core.plots import bars
 from stages.core.pruning import global_sparsity
-from stages.core.runtime import resolve_device, run_stage, seed_everything
+from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything
 from stages.core.similarity import fgsm, jkl_table, noise_sets
 from stages.core.training import match_rate, predict
 
@@ -66,7 +66,12 @@ def main() -> None:
     norm = read_json(MODELS["teacher"] / "card.json")["normalization"]
     test = load_split(data.name, data.root, train=False)
     x = normalize(test.images, norm["mean"], norm["std"])
-    jkl = similarity_table(common.seed, data, cfg, norm, x, test.labels, device)
+    if list(test.input_shape) != read_json(MODELS["teacher"] / "card.json")["input_shape"]:
+        raise StageError(
+            f"the {data.name} test images are {list(test.input_shape)}, the teacher takes "
+            f"{read_json(MODELS['teacher'] / 'card.json')['input_shape']}: set prepare_data.image_size (or another data.name)"
+        )
+    jkl, ref = similarity_table(common.seed, data, cfg, norm, x, test.labels, device)
     rows, preds = {}, {}
     quantized = bool(read_json(MODELS["quantized"] / "card.json").get("quantization"))
     models = [k for k in MODELS if k != "quantized" or quantized]
@@ -93,8 +98,9 @@ def main() -> None:
             "bn_loss_final": scard["bn_loss_final"],
         },
         "data_free": bool(student_card.get("data_free")),
-        "j_kl_relative_to_train": {r["dataset"]: r["relative_to_train"] for r in jkl},
+        f"j_kl_relative_to_{ref}": {r["dataset"]: r[f"relative_to_{ref}"] for r in jkl},
         "wall_s": timings,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "test_images": len(test.labels),
     }
     in_class = [test.labels == c for c in range(len(test.classes))]
@@ -109,35 +115,39 @@ def main() -> None:
         write_json(tmp / "jkl.json", {"teacher_sha256": sha256_file(MODELS["teacher"] / "model.safetensors"), "rows": jkl})
         bars(
             [r["dataset"] for r in jkl],
-            [r["relative_to_train"] for r in jkl],
+            [r[f"relative_to_{ref}"] for r in jkl],
             tmp / "jkl.png",
-            "BNS divergence J_KL / J_KL(train split)",
+            f"BNS divergence J_KL / J_KL({ref} split)",
             "relative J_KL (log)",
             horizontal=True,
             logx=True,
         )
     write_json(REPORTS / "metrics.json", metrics)
-    atomic_write_text(REPORTS / "report.md", render_report(metrics, scard, student_card, timings, data.name, jkl, cfg))
+    atomic_write_text(REPORTS / "report.md", render_report(metrics, scard, student_card, timings, data.name, jkl, ref, cfg))
     print(f"teacher {t:.4f}  pruned {pr:.4f}  student {s:.4f}  (gap {metrics['gap_points']:.2f} points)")
 
 
 def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_test: torch.Tensor, device) -> list[dict]:
-    """J_KL of the real splits, the synthetic set, noise and an FGSM copy of the test split, relative to the train split."""
+    """J_KL of the real splits, the synthetic set, noise and an FGSM copy of the test split, relative to the train
+    split (the test split for an evaluation-only data set). Returns (rows, reference split)."""
     teacher, tcard = load_model(MODELS["teacher"], device)
     cap = cfg.jkl_max_images or None  # the first images of each set (the splits' own order, so deterministic)
-    train = load_split(data.name, data.root, train=True)
     x_test, y_test = x_test[:cap], y_test[:cap]
+    ref = "train" if has_split(data.name, data.root, train=True) else "test"
+    real = (
+        {"train": normalize(load_split(data.name, data.root, train=True).images[:cap], norm["mean"], norm["std"])} if ref == "train" else {}
+    )
     sets = {
-        "train": normalize(train.images[:cap], norm["mean"], norm["std"]),
+        **real,
         "test": x_test,
         "synthetic": load_tensors(SYNTHETIC / "images.safetensors")["images"][:cap].float(),
         **noise_sets(len(x_test), tuple(tcard["input_shape"]), norm["mean"], norm["std"], seed),
         f"fgsm_test_eps{cfg.fgsm_eps:g}": fgsm(teacher, x_test, y_test, cfg.fgsm_eps, norm["mean"], norm["std"], cfg.batch_size, device),
     }
-    return jkl_table(teacher, sets, "train", cfg.batch_size, device)
+    return jkl_table(teacher, sets, ref, cfg.batch_size, device), ref
 
 
-def render_report(m: dict, scard: dict, student_card: dict, timings: dict, dataset: str, jkl: list[dict], cfg) -> str:
+def render_report(m: dict, scard: dict, student_card: dict, timings: dict, dataset: str, jkl: list[dict], ref: str, cfg) -> str:
     d = student_card["params"]["distill"]
     rec = m["recovered_fraction"]
     rows = [
@@ -202,11 +212,12 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "## How close is each data set to the training data? (BNS divergence J_KL)",
             "",
             "J_KL = mean over the input and every BN layer of KL(N(running stats) || N(the data set's statistics)) in the "
-            "teacher, divided by J_KL of the real training split (1 = as close as the training data itself).",
+            f"teacher, divided by J_KL of the real {ref} split (1 = as close as that split; the training split when the "
+            "data has one).",
             "",
-            "| data set | images | J_KL | relative to train |",
+            f"| data set | images | J_KL | relative to {ref} |",
             "|---|---|---|---|",
-            *[f"| {r['dataset']} | {r['images']:,} | {r['j_kl']:.5f} | {r['relative_to_train']:.2f} |" for r in jkl],
+            *[f"| {r['dataset']} | {r['images']:,} | {r['j_kl']:.5f} | {r[f'relative_to_{ref}']:.2f} |" for r in jkl],
             "",
             "![J_KL](evaluate/jkl.png)",
             "",

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, read_json, save_tensors, sha256_file, write_json
-from stages.core.data import load_split
+from stages.core.data import has_split, load_split
 from stages.core.imageops import normalize
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage, seed_everything
@@ -39,6 +39,8 @@ def main() -> None:
     seed_everything(common.seed)
     tcard = read_json(TEACHER / "card.json")
     n = cfg.n_images or read_json(SYNTHETIC / "card.json")["n_images"]
+    if not has_split(data.name, data.root, train=True):
+        return write_unavailable(data, tcard, common, cfg)
     train = load_split(data.name, data.root, train=True)
     idx = balanced_sample(train.labels, n, tcard["num_classes"], torch.Generator().manual_seed(common.seed))
     norm = tcard["normalization"]
@@ -62,6 +64,28 @@ def main() -> None:
         save_tensors(tmp / "images.safetensors", {"images": images, "targets": train.labels[idx], "train_index": idx})
         write_json(tmp / "card.json", dict(card, images_sha256=sha256_file(tmp / "images.safetensors")))
     print(f"NOT data-free baseline: {len(idx)} real training images -> {OUT}")
+
+
+def write_unavailable(data, tcard: dict, common, cfg) -> None:
+    """An evaluation-only data set (bring-your-own teacher) has no training images: record that, so that
+    `dvc repro` still completes; distill refuses transfer_set = real with this card."""
+    reason = f"the {data.name} data in {data.root} has no train split (an evaluation-only set)"
+    card = {
+        "kind": "transfer_set",
+        "source": "real",
+        "available": False,
+        "reason": reason,
+        "data_free": False,
+        "n_images": 0,
+        "input_shape": tcard["input_shape"],
+        "teacher_sha256": sha256_file(TEACHER / "model.safetensors"),
+        "params": {"common": as_dict(common), "real_transfer_set": as_dict(cfg)},
+    }
+    empty = torch.zeros(0, *tcard["input_shape"], dtype=torch.float16)
+    with atomic_dir(OUT) as tmp:
+        save_tensors(tmp / "images.safetensors", {"images": empty, "targets": torch.zeros(0, dtype=torch.int64)})
+        write_json(tmp / "card.json", dict(card, images_sha256=sha256_file(tmp / "images.safetensors")))
+    print(f"real-data baseline unavailable: {reason}")
 
 
 if __name__ == "__main__":

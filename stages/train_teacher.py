@@ -1,61 +1,132 @@
-"""Stage train_teacher: train the BatchNorm CNN teacher on the real training split."""
+"""Stage train_teacher: the BatchNorm CNN teacher every later stage starts from.
+
+train_teacher.source = train: train it on the real training split (the default).
+train_teacher.source = file: bring your own teacher - import a state_dict from models/external/
+(a dependency of this stage, so DVC reruns when the file changes) with the given arch,
+num_classes, input_shape and normalization; nothing is trained and no training data is read.
+Either way the result is models/teacher (safetensors + card), so the later stages run unchanged.
+"""
 
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from stages.core.artifacts import atomic_dir, library_versions, save_model, sha256_file, write_json
-from stages.core.data import channel_stats, load_split
+from stages.core.artifacts import atomic_dir, library_versions, read_json, save_model, sha256_file, write_json
+from stages.core.data import channel_stats, class_names, load_split
+from stages.core.external import check_fits, read_state_dict
 from stages.core.imageops import normalize
 from stages.core.models import build_model
 from stages.core.params import as_dict, load_params
-from stages.core.runtime import resolve_device, run_stage, seed_everything, timed
+from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 from stages.core.training import accuracy, train_classifier
 
 OUT = Path("models/teacher")
 REPORTS = Path("reports/train_teacher")
+EXTERNAL = Path("models/external")
+
+
+def train(common, data, cfg) -> tuple:
+    device = resolve_device(common.device)
+    train_set, test = load_split(data.name, data.root, train=True), load_split(data.name, data.root, train=False)
+    if cfg.max_train_images:
+        keep = torch.randperm(len(train_set.labels), generator=torch.Generator().manual_seed(common.seed))[: cfg.max_train_images]
+        train_set.images, train_set.labels = train_set.images[keep], train_set.labels[keep]
+    mean, std = channel_stats(train_set.images)
+    x_train, x_test = normalize(train_set.images, mean, std), normalize(test.images, mean, std)
+    model = build_model(cfg.arch, len(train_set.classes), train_set.input_shape[0])
+    timings = {}
+    with timed(timings, "wall_s"):
+        history = train_classifier(
+            model, x_train, train_set.labels, cfg, device, common.seed, eval_fn=lambda m: accuracy(m, x_test, test.labels, 1000, device)
+        )
+    test_acc = history[-1]["test_acc"]
+    card = {
+        "source": "trained",
+        "num_classes": len(train_set.classes),
+        "classes": list(train_set.classes),
+        "in_channels": train_set.input_shape[0],
+        "input_shape": list(train_set.input_shape),
+        "normalization": {"mean": mean, "std": std},
+        "train_images": len(train_set.labels),
+        "test_accuracy": round(test_acc, 6),
+    }
+    metrics = {"source": "trained", "test_accuracy": test_acc, "epochs": cfg.epochs, **timings}
+    print(f"teacher {cfg.arch}: test accuracy {test_acc:.4f} ({timings['wall_s']:.0f} s)")
+    return model, card, history, metrics
+
+
+def import_file(data, cfg) -> tuple:
+    path = Path(cfg.file)
+    if not cfg.file:
+        raise StageError("train_teacher.source = file needs train_teacher.file (a state_dict under models/external/)")
+    if EXTERNAL.resolve() not in path.resolve().parents:
+        raise StageError(
+            f"train_teacher.file = {cfg.file!r} must lie under {EXTERNAL}/ (this stage's dependency, so that DVC "
+            "tracks the file and reruns when it changes): copy it there"
+        )
+    if cfg.num_classes < 2:
+        raise StageError(f"train_teacher.num_classes = {cfg.num_classes}: give the teacher's number of classes (>= 2)")
+    if len(cfg.input_shape) != 3 or min(cfg.input_shape) < 1:
+        raise StageError(f"train_teacher.input_shape = {list(cfg.input_shape)}: expected [channels, height, width]")
+    c = cfg.input_shape[0]
+    if len(cfg.mean) != c or len(cfg.std) != c or min(cfg.std, default=0) <= 0:
+        raise StageError(
+            f"train_teacher.mean = {list(cfg.mean)} / std = {list(cfg.std)}: expected {c} values each (one per input channel), "
+            "std > 0 - the normalization the teacher was trained with"
+        )
+    state = read_state_dict(path)
+    model = build_model(cfg.arch, cfg.num_classes, c)
+    check_fits(model, state, path, cfg.arch)
+    model.load_state_dict(state, strict=True)
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *cfg.input_shape))
+    except RuntimeError as e:
+        raise StageError(f"{cfg.arch} cannot run on train_teacher.input_shape = {list(cfg.input_shape)}: {e}") from e
+    if out.shape != (2, cfg.num_classes):
+        raise StageError(f"{path}: the model gives outputs of shape {tuple(out.shape)}, expected (2, {cfg.num_classes})")
+    names = class_names(data.name, data.root)  # the evaluation set's names, when it has as many classes
+    classes = list(names) if names and len(names) == cfg.num_classes else [str(i) for i in range(cfg.num_classes)]
+    card = {
+        "source": "file",
+        "file": str(path),
+        "file_sha256": sha256_file(path),
+        "num_classes": cfg.num_classes,
+        "classes": classes,
+        "in_channels": c,
+        "input_shape": list(cfg.input_shape),
+        "normalization": {"mean": list(cfg.mean), "std": list(cfg.std)},
+        "train_images": None,
+        "test_accuracy": None,  # measured by evaluate on the labelled evaluation set
+    }
+    print(f"teacher {cfg.arch} imported from {path} ({len(state)} tensors; no training)")
+    return model, card, [], {"source": "file", "file_sha256": card["file_sha256"], "wall_s": 0.0}
 
 
 def main() -> None:
     p = load_params("common", "data", "train_teacher")
     common, data, cfg = p["common"], p["data"], p["train_teacher"]
     seed_everything(common.seed)
-    device = resolve_device(common.device)
-    train, test = load_split(data.name, data.root, train=True), load_split(data.name, data.root, train=False)
-    if cfg.max_train_images:
-        keep = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(common.seed))[: cfg.max_train_images]
-        train.images, train.labels = train.images[keep], train.labels[keep]
-    mean, std = channel_stats(train.images)
-    x_train, x_test = normalize(train.images, mean, std), normalize(test.images, mean, std)
-    model = build_model(cfg.arch, len(train.classes), train.input_shape[0])
-    timings = {}
-    with timed(timings, "wall_s"):
-        history = train_classifier(
-            model, x_train, train.labels, cfg, device, common.seed, eval_fn=lambda m: accuracy(m, x_test, test.labels, 1000, device)
-        )
-    test_acc = history[-1]["test_acc"]
+    model, card, history, metrics = train(common, data, cfg) if cfg.source == "train" else import_file(data, cfg)
+    source = read_json(Path(data.root) / "SOURCE.json")
     card = {
         "kind": "teacher",
         "arch": cfg.arch,
-        "num_classes": len(train.classes),
-        "classes": list(train.classes),
-        "in_channels": train.input_shape[0],
-        "input_shape": list(train.input_shape),
-        "normalization": {"mean": mean, "std": std},
+        **card,
         "dataset": data.name,
         "dataset_sha256": sha256_file(Path(data.root) / "SOURCE.json"),
-        "train_images": len(train.labels),
-        "test_accuracy": round(test_acc, 6),
+        "dataset_source": source.get("source"),
+        "dataset_source_sha256": source.get("source_sha256"),
         "params": {"common": as_dict(common), "train_teacher": as_dict(cfg)},
         "versions": library_versions(),
     }
     with atomic_dir(OUT) as tmp:
         save_model(tmp, model, card)
     with atomic_dir(REPORTS) as tmp:
-        pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
-        write_json(tmp / "metrics.json", {"test_accuracy": test_acc, "epochs": cfg.epochs, **timings})
-    print(f"teacher {cfg.arch}: test accuracy {test_acc:.4f} ({timings['wall_s']:.0f} s)")
+        cols = ["epoch", "train_loss", "train_acc", "test_acc"]
+        (pd.DataFrame(history) if history else pd.DataFrame(columns=cols)).to_csv(tmp / "history.csv", index=False)
+        write_json(tmp / "metrics.json", metrics)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,18 @@ def test_unknown_section_and_missing_file(tmp_path):
     p.write_text("prune: [1, 2]\n")
     with pytest.raises(ParamsError, match="must be a mapping"):
         load_params("prune", path=p)
+
+
+def test_arch_choices_are_the_registry():
+    from stages.core import models, params
+
+    assert params.ARCH_NAMES == models.ARCH_NAMES
+
+
+def test_list_params_checked_by_item_type():
+    cfg = parse_section("train_teacher", {"input_shape": [3, 32, 32], "mean": [0.5, 1]})
+    assert cfg.input_shape == (3, 32, 32) and cfg.mean == (0.5, 1.0)
+    with pytest.raises(ParamsError, match="train_teacher.input_shape .* expected a list of integers"):
+        parse_section("train_teacher", {"input_shape": [3.5, 32, 32]})
+    with pytest.raises(ParamsError, match="train_teacher.std .* expected a list of numbers"):
+        parse_section("train_teacher", {"std": "0.3"})

@@ -68,6 +68,7 @@ def ws(tmp_path_factory):
     shutil.copytree(ROOT / "stages", ws / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / f, ws / f)
+    shutil.copytree(ROOT / "models/external", ws / "models/external")  # train_teacher's bring-your-own-teacher dep
     set_params(ws, **TINY)
     sh(ws, "git", "init", "-q", "-b", "main")
     sh(ws, "git", "config", "user.email", "t@t")

@@ -1,24 +1,41 @@
-"""Real datasets: fetching into ``data/raw`` and loading as normalized tensors.
+"""Real datasets: fetching into ``data/raw`` and loading as uint8 tensors.
 
-Only ``prepare_data``, ``train_teacher`` and ``evaluate`` import the loaders here;
-the data-free stages never do (dvc.yaml shows it).
+Only ``prepare_data``, ``train_teacher``, ``real_transfer_set`` (the labelled not-data-free
+baseline) and ``evaluate`` import the loaders here; the data-free stages never do (dvc.yaml shows it).
 
-Fashion-MNIST sources, in order for ``source: auto``: the Debian package
-``dataset-fashion-mnist`` (its .gz files are recompressed, so torchvision's
-checksums fail on them: we gunzip them into torchvision's raw layout), then
-torchvision's own download.
+- ``fashion_mnist``: for ``source: auto`` the Debian package ``dataset-fashion-mnist`` (its .gz
+  files are recompressed, so torchvision's checksums fail on them: we gunzip them into
+  torchvision's raw layout), then torchvision's own download.
+- ``cifar10``: ``prepare_data.path`` naming a CIFAR-10 python-batches folder (torchvision checks
+  every batch file's MD5 before reading it), an ImageFolder tree or a ``.tar.gz`` of one (the
+  JPEG copy: ``train/<class>/*.jpg``, ``test/<class>/*.jpg``); without a path, torchvision's
+  download.
+- ``imagefolder``: any labelled ImageFolder tree or ``.tar.gz`` at ``prepare_data.path`` with
+  ``test/`` (the evaluation set) and optionally ``train/`` class folders; a tree with class
+  folders only is taken as the test split. This is what a bring-your-own-teacher run needs.
+
+cifar10 and imagefolder are decoded once into ``data/raw/<name>/{train,test}.safetensors``
+(uint8 N x C x H x W + int64 labels) and ``classes.json``; SOURCE.json records where they came
+from and the source's sha256.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import shutil
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import datasets
 
+from .artifacts import load_tensors, save_tensors, sha256_file
 from .runtime import StageError
 
 FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -51,6 +68,109 @@ def prepare_fashion_mnist(root: Path, source: str, debian_dir: Path) -> str:
     return "torchvision-download"
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def tree_sha256(folder: Path) -> str:
+    """One digest over the relative paths and contents of every file under ``folder``."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder)}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def read_image_folder(
+    folder: Path, image_size: int, classes: tuple[str, ...] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Decode ``folder/<class>/<image>`` into uint8 (N, C, H, W) and labels (class folders in sorted
+    order, as torchvision's ImageFolder numbers them). Grayscale if the first image is, else RGB."""
+    found = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir()))
+    if not found:
+        raise StageError(f"{folder} has no class folders (expected {folder}/<class>/<image files>)")
+    if classes is not None and found != classes:
+        raise StageError(f"{folder}: class folders {list(found)} differ from the expected {list(classes)}")
+    files = [(f, c) for c, name in enumerate(found) for f in sorted((folder / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise StageError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    mode = None
+    images = []
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                if mode is None:
+                    mode = "L" if im.mode in ("1", "L", "I;16", "I") else "RGB"
+                im = im.convert(mode)
+                if image_size:
+                    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise StageError(f"{f}: cannot decode the image ({e})") from e
+        images.append(torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1))
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise StageError(f"{folder}: images of different sizes {sorted(shapes)[:4]}; set prepare_data.image_size to resize them")
+    return torch.stack(images), torch.tensor([c for _, c in files], dtype=torch.int64), found
+
+
+def prepare_image_dataset(root: Path, name: str, path: str, image_size: int) -> dict:
+    """Decode cifar10 / imagefolder into ``root/<name>/``; returns SOURCE.json's description."""
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    expected = CIFAR10_CLASSES if name == "cifar10" else None
+    src = Path(path) if path else None
+    if src is not None and not src.exists():
+        raise StageError(f"prepare_data.path = {path!r} does not exist")
+    if src is None:
+        if name != "cifar10":
+            raise StageError("data.name = imagefolder needs prepare_data.path (an ImageFolder tree or a .tar.gz of one)")
+        return _cifar10_batches(out, root / "_download", download=True)
+    if src.is_dir() and (src / "data_batch_1").is_file():
+        return _cifar10_batches(out, src, download=False)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        if src.is_file():
+            if not tarfile.is_tarfile(src):
+                raise StageError(f"prepare_data.path = {path!r} is neither a folder nor a tar archive")
+            try:
+                with tarfile.open(src) as tar:
+                    tar.extractall(tmp, filter="data")  # refuses absolute paths, links out of tmp, devices
+            except (tarfile.TarError, OSError) as e:
+                raise StageError(f"prepare_data.path = {path!r}: cannot unpack the archive safely ({e})") from e
+            tree, digest, kind = Path(tmp), sha256_file(src), "archive"
+            inner = [d for d in tree.iterdir() if d.is_dir()]
+            if len(inner) == 1 and not (tree / "test").is_dir() and (inner[0] / "test").is_dir():
+                tree = inner[0]  # archive with one top folder
+        else:
+            tree, digest, kind = src, tree_sha256(src), "folder"
+        splits = {s: tree / s for s in ("train", "test") if (tree / s).is_dir()}
+        if "test" not in splits:
+            if "train" in splits:
+                raise StageError(f"{src}: has train/ but no test/ split (the evaluation set)")
+            splits = {"test": tree}
+        classes = None
+        for split, folder in splits.items():
+            images, labels, classes = read_image_folder(folder, image_size, expected or classes)
+            save_tensors(out / f"{split}.safetensors", {"images": images, "labels": labels})
+    (out / "classes.json").write_text(json.dumps(list(classes)) + "\n")
+    return {"source": f"{kind}:{src}", "source_sha256": digest, "splits": sorted(splits)}
+
+
+def _cifar10_batches(out: Path, folder: Path, download: bool) -> dict:
+    root = folder if download else folder.parent  # torchvision wants the parent of cifar-10-batches-py
+    try:
+        sets = {s: datasets.CIFAR10(str(root), train=s == "train", download=download) for s in ("train", "test")}
+    except Exception as e:  # missing / corrupted batches (MD5 checked before unpickling) or network errors
+        how = "the download failed" if download else f"{folder} is not an intact CIFAR-10 batches folder"
+        raise StageError(f"CIFAR-10: {how} ({e}); or set prepare_data.path to the ImageFolder JPEG copy (.tar.gz)") from e
+    for s, ds in sets.items():
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        save_tensors(out / f"{s}.safetensors", {"images": images, "labels": torch.tensor(ds.targets, dtype=torch.int64)})
+    (out / "classes.json").write_text(json.dumps(list(CIFAR10_CLASSES)) + "\n")
+    if download:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"source": "torchvision-download" if download else f"batches:{folder}", "source_sha256": None, "splits": ["test", "train"]}
+
+
 @dataclass
 class ImageSet:
     """Images as uint8 (N, C, H, W) plus int64 labels and class names."""
@@ -66,14 +186,40 @@ class ImageSet:
 
 def load_split(name: str, root: str | Path, train: bool) -> ImageSet:
     """Load a real split into memory. Raises StageError saying how to get missing data."""
-    if name != "fashion_mnist":
-        raise StageError(f"data.name = {name!r} is not supported")
     root = Path(root)
-    missing = [f for f in FMNIST_FILES if not (root / "FashionMNIST" / "raw" / f).is_file()]
-    if missing:
-        raise StageError(f"Fashion-MNIST files {missing} missing under {root}/FashionMNIST/raw: run `dvc repro prepare_data`; {HOW_TO_GET}")
-    ds = datasets.FashionMNIST(str(root), train=train, download=False)
-    return ImageSet(ds.data.unsqueeze(1).clone(), ds.targets.clone().long(), FMNIST_CLASSES)
+    split = "train" if train else "test"
+    if name == "fashion_mnist":
+        missing = [f for f in FMNIST_FILES if not (root / "FashionMNIST" / "raw" / f).is_file()]
+        if missing:
+            where = f"{root}/FashionMNIST/raw"
+            raise StageError(f"Fashion-MNIST files {missing} missing under {where}: run `dvc repro prepare_data`; {HOW_TO_GET}")
+        ds = datasets.FashionMNIST(str(root), train=train, download=False)
+        return ImageSet(ds.data.unsqueeze(1).clone(), ds.targets.clone().long(), FMNIST_CLASSES)
+    if name not in ("cifar10", "imagefolder"):
+        raise StageError(f"data.name = {name!r} is not supported")
+    f = root / name / f"{split}.safetensors"
+    if not f.is_file():
+        if (root / name / "classes.json").is_file():
+            raise StageError(f"the {name} data in {root} has no {split} split (prepare_data.path gave none)")
+        raise StageError(f"{f} missing: run `dvc repro prepare_data` with data.name = {name}")
+    t = load_tensors(f)
+    classes = tuple(json.loads((root / name / "classes.json").read_text()))
+    return ImageSet(t["images"], t["labels"], classes)
+
+
+def class_names(name: str, root: str | Path) -> tuple[str, ...] | None:
+    """The prepared dataset's class names without loading its images (None when not prepared)."""
+    if name == "fashion_mnist":
+        return FMNIST_CLASSES
+    f = Path(root) / name / "classes.json"
+    return tuple(json.loads(f.read_text())) if f.is_file() else None
+
+
+def has_split(name: str, root: str | Path, train: bool) -> bool:
+    """Whether the prepared data has this split (an evaluation-only ImageFolder has no train split)."""
+    if name == "fashion_mnist":
+        return True
+    return (Path(root) / name / f"{'train' if train else 'test'}.safetensors").is_file()
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

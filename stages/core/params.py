@@ -17,13 +17,16 @@ from typing import Any
 
 import yaml
 
+# the registry's names, kept here so that validating params needs no torch import (tests check they agree)
+ARCH_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg16_bn")
+
 
 class ParamsError(ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
-def _p(default, lo=None, hi=None, *, lo_open=False, hi_open=False, choices=None):
-    spec = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
+def _p(default, lo=None, hi=None, *, lo_open=False, hi_open=False, choices=None, item=None):
+    spec = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "item": item}
     return field(default=default, metadata=spec)
 
 
@@ -35,7 +38,7 @@ class Common:
 
 @dataclass(frozen=True)
 class Data:
-    name: str = _p("fashion_mnist", choices=("fashion_mnist",))
+    name: str = _p("fashion_mnist", choices=("fashion_mnist", "cifar10", "imagefolder"))
     root: str = _p("data/raw")
 
 
@@ -43,11 +46,19 @@ class Data:
 class PrepareData:
     source: str = _p("auto", choices=("auto", "debian", "download"))
     debian_dir: str = _p("/usr/share/datasets/fashion-mnist")
+    path: str = _p("")  # cifar10 / imagefolder: batches folder, ImageFolder tree or .tar.gz ("" = cifar10 download)
+    image_size: int = _p(0, 0, 4096)  # cifar10 / imagefolder: resize images to this square size (0 = keep)
 
 
 @dataclass(frozen=True)
 class TrainTeacher:
-    arch: str = _p("resnet20", choices=("resnet20", "resnet32", "resnet44", "resnet56"))
+    source: str = _p("train", choices=("train", "file"))  # file = bring your own teacher: import a state_dict, no training
+    file: str = _p("")  # source file: a safetensors or .pt state_dict under models/external/
+    num_classes: int = _p(0, 0, 1_000_000)  # source file: the classifier's outputs
+    input_shape: list = _p((), item=int)  # source file: [channels, height, width]
+    mean: list = _p((), item=float)  # source file: per-channel input normalization the teacher was trained with
+    std: list = _p((), item=float)
+    arch: str = _p("resnet20", choices=ARCH_NAMES)
     max_train_images: int = _p(0, 0, 10_000_000)  # 0 = the whole training split
     epochs: int = _p(8, 1, 1000)
     batch_size: int = _p(128, 1, 65536)
@@ -175,6 +186,15 @@ def _type_name(t) -> str:
 
 def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
     key = f"{section}.{f.name}"
+    if f.type == "list":
+        item = f.metadata["item"]
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (item is float or isinstance(v, int)) for v in value
+        )
+        if not ok:
+            kind = "integers" if item is int else "numbers"
+            raise ParamsError(f"params.yaml: {key} = {value!r} has the wrong type; expected a list of {kind}")
+        return tuple(item(v) for v in value)
     t = {"int": int, "float": float, "bool": bool, "str": str}.get(f.type, f.type)
     m = f.metadata
     ok = (
