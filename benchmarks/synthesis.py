@@ -1,0 +1,156 @@
+"""Benchmark: DeepInversion synthesis and distillation throughput on this machine (not a test, not a stage).
+
+    python benchmarks/synthesis.py [--batch 256] [--iterations 50] [--threads N] [--out reports/benchmarks]
+
+Measures in one run, on the pipeline's teacher (models/teacher + models/bn_stats), the same batch and
+iteration count:
+  (a) reference: the plain DeepInversion loop - fp32, NCHW, forward hooks on BN inputs, Adam, BN-L2 + CE
+      + TV, no augmentation and no tricks;
+  (b) pipeline: stages.core.inversion.synthesize_set with synthesize's params.yaml section (batch and
+      iterations overridden);
+reporting images x iterations per second, the final BN-L2 loss and the achieved GFLOP/s (FLOPs of one
+forward + backward counted by torch.utils.flop_counter) next to dense GEMMs (fp32, bf16) timed in the same
+run as the machine's limit, plus distillation samples/s. Writes <out>/synthesis.json and synthesis.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.core.artifacts import load_bn_stats  # noqa: E402
+from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_layers  # noqa: E402
+from stages.core.checkpoints import load_model  # noqa: E402
+from stages.core.imageops import pixel_bounds  # noqa: E402
+from stages.core.inversion import balanced_targets, synthesize_set, tv_l2  # noqa: E402
+from stages.core.kd import distill  # noqa: E402
+from stages.core.params import load_params, parse_section  # noqa: E402
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def step_flops(teacher, x: torch.Tensor) -> float:
+    """FLOPs of one forward + backward w.r.t. the input (what one inversion step costs), per image."""
+    x = x.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as fc:
+        teacher(x).sum().backward()
+    return fc.get_total_flops() / len(x)
+
+
+def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int) -> tuple[float, float]:
+    """The straightforward DeepInversion loop. Returns (seconds, final BN-L2 loss without augmentation)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(targets), *shape), generator=g).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=cfg.lr)
+    t = time.perf_counter()
+    for _ in range(cfg.iterations):
+        with BatchStatsHook(teacher) as hook:
+            logits = teacher(x)
+        loss = cfg.lambda_bn * bn_l2_loss(hook.stats, stats) + cfg.lambda_ce * F.cross_entropy(logits, targets) + cfg.lambda_tv * tv_l2(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t
+    with torch.no_grad(), BatchStatsHook(teacher) as hook:
+        teacher(x)
+    return seconds, float(bn_l2_loss(hook.stats, stats))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--distill-images", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    teacher, card = load_model("models/teacher")
+    teacher.eval().requires_grad_(False)
+    running = load_bn_stats(Path("models/bn_stats/stats.safetensors"), {n: m.num_features for n, m in bn_layers(teacher)})
+    shape = tuple(card["input_shape"])
+    cfg = replace(load_params("synthesize")["synthesize"], n_images=args.batch, batch_size=args.batch, iterations=args.iterations)
+    targets = balanced_targets(args.batch, card["num_classes"])
+    flops = step_flops(teacher, torch.randn(8, *shape))
+    img_it = args.batch * args.iterations
+    rows = {}
+
+    ref_s, ref_loss = reference_loop(teacher, running, targets, shape, cfg, 0)
+    rows["reference (fp32, NCHW, hooks, Adam)"] = (ref_s, ref_loss)
+    bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
+    cl = teacher.to(memory_format=torch.channels_last)
+    t = time.perf_counter()
+    _, _, res = synthesize_set(cl, running, card["num_classes"], shape, bounds, cfg, 0, torch.device("cpu"))
+    rows[f"pipeline (synthesize: {cfg.method}, duplicates {cfg.duplicates})"] = (time.perf_counter() - t, res[0].bn_loss_final)
+
+    student, _ = load_model("models/pruned")
+    dcfg = parse_section("distill", {"epochs": 1})
+    x = torch.randn(args.distill_images, *shape)
+    t = time.perf_counter()
+    distill(student, teacher, x, dcfg, torch.device("cpu"), 0)
+    distill_sps = args.distill_images / (time.perf_counter() - t)
+
+    gemm = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__},
+        "teacher": card["arch"],
+        "input_shape": list(shape),
+        "batch": args.batch,
+        "iterations": args.iterations,
+        "gflop_per_image_iteration": flops / 1e9,
+        "gemm_gflops": gemm,
+        "synthesis": {
+            name: {
+                "seconds": s,
+                "image_iterations_per_s": img_it / s,
+                "achieved_gflops": img_it * flops / s / 1e9,
+                "bn_l2_final": loss,
+            }
+            for name, (s, loss) in rows.items()
+        },
+        "distill_samples_per_s": distill_sps,
+    }
+    ref = next(iter(result["synthesis"].values()))["image_iterations_per_s"]
+    lines = [
+        f"# Synthesis benchmark ({card['arch']} teacher, {list(shape)}, batch {args.batch}, {args.iterations} iterations, "
+        f"{args.threads} threads, torch {torch.__version__})",
+        "",
+        f"GEMM 2048^3 in the same run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
+        f"One inversion step costs {flops / 1e9:.4f} GFLOP per image (forward + backward).",
+        "",
+        "| loop | image x iterations / s | speed-up | achieved GFLOP/s | final BN-L2 loss |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {n} | {r['image_iterations_per_s']:.0f} | {r['image_iterations_per_s'] / ref:.2f}x | {r['achieved_gflops']:.1f} "
+            f"| {r['bn_l2_final']:.3f} |"
+            for n, r in result["synthesis"].items()
+        ],
+        "",
+        f"Distillation (1 epoch on {args.distill_images} images, pruned student): {distill_sps:.0f} samples/s.",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "synthesis.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
