@@ -47,6 +47,7 @@ SWEEPS = {
     "transfer_set": {f"transfer-{v}": [f"distill.transfer_set={v}"] for v in ("synthetic", "real", "gaussian")},
     "structured": {
         **{f"macs{v}": ["prune.method=structured", f"prune.structured_amount={v}"] for v in (0.5, 0.75)},
+        "macs0.5-e100": ["prune.method=structured", "prune.structured_amount=0.5", "distill.epochs=100"],
         "macs0.5-global-any": [
             "prune.method=structured",
             "prune.structured_amount=0.5",
