@@ -7,10 +7,12 @@ iteration count:
   (a) reference: the plain DeepInversion loop - fp32, NCHW, forward hooks on BN inputs, Adam, BN-L2 + CE
       + TV, no augmentation and no tricks;
   (b) pipeline: stages.core.inversion.synthesize_set with synthesize's params.yaml section (batch and
-      iterations overridden);
-reporting images x iterations per second, the final BN-L2 loss and the achieved GFLOP/s (FLOPs of one
-forward + backward counted by torch.utils.flop_counter) next to dense GEMMs (fp32, bf16) timed in the same
-run as the machine's limit, plus distillation samples/s. Writes <out>/synthesis.json and synthesis.md.
+      iterations overridden), and the speed levers one at a time on top of it: channels_last off,
+      bf16 autocast, fewer threads, smaller and larger batches, early stopping;
+reporting images x iterations per second, the final BN-L2 loss (no augmentation) and the achieved
+GFLOP/s (FLOPs of one forward + backward counted by torch.utils.flop_counter) next to dense GEMMs
+(fp32, bf16) timed in the same run as the machine's limit, plus distillation samples/s (fp32 and
+bf16 teacher). Writes <out>/synthesis.json and synthesis.md.
 """
 
 from __future__ import annotations
@@ -55,23 +57,45 @@ def step_flops(teacher, x: torch.Tensor) -> float:
     return fc.get_total_flops() / len(x)
 
 
-def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int) -> tuple[float, float]:
-    """The straightforward DeepInversion loop. Returns (seconds, final BN-L2 loss without augmentation)."""
+def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int, channels_last=False, bf16=False) -> tuple[float, float, int]:
+    """The straightforward DeepInversion loop (optionally with one lever).
+
+    Returns (seconds, final BN-L2 loss without augmentation, iterations run).
+    """
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(targets), *shape), generator=g).requires_grad_(True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    teacher = teacher.to(memory_format=fmt)
+    x = torch.randn((len(targets), *shape), generator=g).contiguous(memory_format=fmt).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr)
     t = time.perf_counter()
     for _ in range(cfg.iterations):
-        with BatchStatsHook(teacher) as hook:
+        with BatchStatsHook(teacher) as hook, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = teacher(x)
-        loss = cfg.lambda_bn * bn_l2_loss(hook.stats, stats) + cfg.lambda_ce * F.cross_entropy(logits, targets) + cfg.lambda_tv * tv_l2(x)
+        loss = (
+            cfg.lambda_bn * bn_l2_loss(hook.stats, stats)
+            + cfg.lambda_ce * F.cross_entropy(logits.float(), targets)
+            + cfg.lambda_tv * tv_l2(x)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - t
     with torch.no_grad(), BatchStatsHook(teacher) as hook:
         teacher(x)
-    return seconds, float(bn_l2_loss(hook.stats, stats))
+    teacher.to(memory_format=torch.contiguous_format)
+    return seconds, float(bn_l2_loss(hook.stats, stats)), cfg.iterations
+
+
+def pipeline_run(teacher, running, card, cfg, threads: int) -> tuple[float, float, int]:
+    """synthesize_set on one batch of ``cfg.batch_size`` images. Returns (seconds, final BN-L2, mean iterations run)."""
+    torch.set_num_threads(threads)
+    bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
+    cl = teacher.to(memory_format=torch.channels_last)
+    t = time.perf_counter()
+    _, _, res = synthesize_set(cl, running, card["num_classes"], tuple(card["input_shape"]), bounds, cfg, 0, torch.device("cpu"))
+    seconds = time.perf_counter() - t
+    teacher.to(memory_format=torch.contiguous_format)
+    return seconds, sum(r.bn_loss_final for r in res) / len(res), sum(r.iterations for r in res) / len(res)
 
 
 def main() -> None:
@@ -87,19 +111,34 @@ def main() -> None:
     teacher.eval().requires_grad_(False)
     running = load_bn_stats(Path("models/bn_stats/stats.safetensors"), {n: m.num_features for n, m in bn_layers(teacher)})
     shape = tuple(card["input_shape"])
-    cfg = replace(load_params("synthesize")["synthesize"], n_images=args.batch, batch_size=args.batch, iterations=args.iterations)
+    base = replace(load_params("synthesize")["synthesize"], n_images=args.batch, batch_size=args.batch, iterations=args.iterations)
+    fp32 = replace(base, precision="fp32", early_stop_tol=0.0, warm_start=0.0)
+    bf16 = replace(fp32, precision="bf16")
     targets = balanced_targets(args.batch, card["num_classes"])
     flops = step_flops(teacher, torch.randn(8, *shape))
-    img_it = args.batch * args.iterations
-    rows = {}
+    rows = {}  # name -> (images, seconds, final BN-L2, iterations run)
 
-    ref_s, ref_loss = reference_loop(teacher, running, targets, shape, cfg, 0)
-    rows["reference (fp32, NCHW, hooks, Adam)"] = (ref_s, ref_loss)
-    bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
-    cl = teacher.to(memory_format=torch.channels_last)
-    t = time.perf_counter()
-    _, _, res = synthesize_set(cl, running, card["num_classes"], shape, bounds, cfg, 0, torch.device("cpu"))
-    rows[f"pipeline (synthesize: {cfg.method}, duplicates {cfg.duplicates})"] = (time.perf_counter() - t, res[0].bn_loss_final)
+    def ref(name, **kw):
+        s, loss, it = reference_loop(teacher, running, targets, shape, base, 0, **kw)
+        rows[name] = (args.batch, s, loss, it)
+        print(f"{name}: {args.batch * it / s:.0f} image-it/s, BN-L2 {loss:.3f}", flush=True)
+
+    def pipe(name, cfg, threads=args.threads):
+        s, loss, it = pipeline_run(teacher, running, card, cfg, threads)
+        rows[name] = (cfg.n_images, s, loss, it)
+        torch.set_num_threads(args.threads)
+        print(f"{name}: {cfg.n_images * it / s:.0f} image-it/s, BN-L2 {loss:.3f}, {it:.0f} iterations", flush=True)
+
+    ref("reference (fp32, NCHW, hooks, Adam)")
+    ref("reference + channels_last", channels_last=True)
+    ref("reference + bf16 autocast", bf16=True)
+    pipe("pipeline fp32 (channels_last, shift/flip, cosine lr)", fp32)
+    pipe("pipeline bf16", bf16)
+    if args.threads > 1:
+        pipe("pipeline bf16, 1 thread", bf16, threads=1)
+    for b in (args.batch // 2, args.batch * 2):
+        pipe(f"pipeline bf16, batch {b}", replace(bf16, n_images=b, batch_size=b))
+    pipe("pipeline bf16, early stop (tol 0.02, window 10)", replace(bf16, early_stop_tol=0.02, early_stop_window=10))
 
     student, _ = load_model("models/pruned")
     dcfg = parse_section("distill", {"epochs": 1})
@@ -110,7 +149,7 @@ def main() -> None:
 
     gemm = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__},
+        "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
         "teacher": card["arch"],
         "input_shape": list(shape),
         "batch": args.batch,
@@ -119,37 +158,49 @@ def main() -> None:
         "gemm_gflops": gemm,
         "synthesis": {
             name: {
+                "images": n,
                 "seconds": s,
-                "image_iterations_per_s": img_it / s,
-                "achieved_gflops": img_it * flops / s / 1e9,
+                "iterations_run": it,
+                "image_iterations_per_s": n * it / s,
+                "achieved_gflops": n * it * flops / s / 1e9,
                 "bn_l2_final": loss,
             }
-            for name, (s, loss) in rows.items()
+            for name, (n, s, loss, it) in rows.items()
         },
         "distill_samples_per_s": distill_sps,
     }
-    ref = next(iter(result["synthesis"].values()))["image_iterations_per_s"]
+    ref_speed = next(iter(result["synthesis"].values()))["image_iterations_per_s"]
     lines = [
         f"# Synthesis benchmark ({card['arch']} teacher, {list(shape)}, batch {args.batch}, {args.iterations} iterations, "
-        f"{args.threads} threads, torch {torch.__version__})",
+        f"{args.threads} threads, torch {torch.__version__}, {cpu_name()})",
         "",
         f"GEMM 2048^3 in the same run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
-        f"One inversion step costs {flops / 1e9:.4f} GFLOP per image (forward + backward).",
+        f"One inversion step costs {flops / 1e9:.4f} GFLOP per image (forward + backward, fp32 count).",
         "",
-        "| loop | image x iterations / s | speed-up | achieved GFLOP/s | final BN-L2 loss |",
-        "|---|---|---|---|---|",
+        "| loop | images | iterations run | image x iterations / s | speed-up | achieved GFLOP/s | final BN-L2 loss |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {n} | {r['image_iterations_per_s']:.0f} | {r['image_iterations_per_s'] / ref:.2f}x | {r['achieved_gflops']:.1f} "
-            f"| {r['bn_l2_final']:.3f} |"
+            f"| {n} | {r['images']} | {r['iterations_run']:.0f} | {r['image_iterations_per_s']:.0f} "
+            f"| {r['image_iterations_per_s'] / ref_speed:.2f}x | {r['achieved_gflops']:.1f} | {r['bn_l2_final']:.3f} |"
             for n, r in result["synthesis"].items()
         ],
         "",
-        f"Distillation (1 epoch on {args.distill_images} images, pruned student): {distill_sps:.0f} samples/s.",
+        f"Distillation (1 epoch on {args.distill_images} images, pruned student, fp32): {distill_sps:.0f} samples/s.",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "synthesis.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 distill.transfer_set picks data/synthetic (default, data-free), data/gaussian (noise baseline,
 data-free) or data/real (real training images: NOT data-free, the upper-bound baseline);
 dvc.yaml makes the chosen folder the stage's dependency, so dvc.lock and the lineage
-command show which one a student saw.
+command show which one a student saw. distill.nproc > 1 trains under torchrun +
+DistributedDataParallel; rank 0 writes the outputs.
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, load_tensors, read_json, save_model, sha256_file, write_json
 from stages.core.checkpoints import load_model
+from stages.core.distributed import relaunch, setup
 from stages.core.kd import distill
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves
@@ -28,8 +30,10 @@ REPORTS = Path("reports/distill")
 def main() -> None:
     p = load_params("common", "distill")
     common, cfg = p["common"], p["distill"]
+    relaunch(cfg.nproc, "stages.distill")
     seed_everything(common.seed)
-    device = resolve_device(common.device)
+    ctx = setup(resolve_device(common.device), cfg.threads)
+    device = ctx.device
     teacher, _ = load_model(TEACHER, device)
     student, pcard = load_model(QUANTIZED, device)
     if pcard.get("quantization") and cfg.recalibrate_bn:
@@ -51,7 +55,10 @@ def main() -> None:
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
     timings = {}
     with timed(timings, "wall_s"):
-        history = distill(student, teacher, x, cfg, device, common.seed * 1_000_003 + cfg.seed)
+        history = distill(student, teacher, x, cfg, device, common.seed * 1_000_003 + cfg.seed, ctx)
+    ctx.close()
+    if not ctx.main:  # rank 0 holds the same weights and writes the outputs
+        return
     wall = timings["wall_s"]
     make_permanent(student)
     sparsity = global_sparsity(student)
@@ -85,6 +92,8 @@ def main() -> None:
                 "teacher_agreement_final": last.get("teacher_agreement"),
                 "sparsity": sparsity,
                 "wall_s": round(wall, 2),
+                "processes": ctx.world,
+                "threads_per_process": ctx.threads,
                 "device": str(device),
             },
         )

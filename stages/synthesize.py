@@ -1,5 +1,10 @@
-"""Stage synthesize: synthetic images from the teacher and its BN statistics (no real data); synthesize.method picks the method."""
+"""Stage synthesize: synthetic images from the teacher and its BN statistics (no real data); synthesize.method picks the method.
 
+synthesize.nproc > 1 runs the stage under torchrun: every process makes every nproc-th batch and
+rank 0 merges the shards into the same artifact one process writes.
+"""
+
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -8,8 +13,9 @@ import torch
 from stages.core.artifacts import atomic_dir, library_versions, load_bn_stats, save_tensors, sha256_file, write_json
 from stages.core.bn import bn_layers, j_kl
 from stages.core.checkpoints import load_model
+from stages.core.distributed import asdict_row, merge_shards, relaunch, setup
 from stages.core.imageops import pixel_bounds
-from stages.core.inversion import TARGETED, curve_columns, synthesize_set
+from stages.core.inversion import TARGETED, BatchResult, curve_columns, synthesize_set
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves, image_grid
 from stages.core.runtime import resolve_device, run_stage, seed_everything, timed
@@ -24,8 +30,10 @@ REPORTS = Path("reports/synthesize")
 def main() -> None:
     p = load_params("common", "synthesize")
     common, cfg = p["common"], p["synthesize"]
+    relaunch(cfg.nproc, "stages.synthesize")
     seed_everything(common.seed)
-    device = resolve_device(common.device)
+    ctx = setup(resolve_device(common.device), cfg.threads)
+    device = ctx.device
     teacher, tcard = load_model(TEACHER, device)
     teacher = teacher.to(memory_format=torch.channels_last)
     stats = load_bn_stats(STATS, {n: m.num_features for n, m in bn_layers(teacher)})
@@ -42,7 +50,18 @@ def main() -> None:
             cfg,
             common.seed,
             device,
+            rank=ctx.rank,
+            world=ctx.world,
+            share_pool=ctx.broadcast,
         )
+        mine = list(range(ctx.rank, math.ceil(cfg.n_images / cfg.batch_size), ctx.world))
+        rows = [asdict_row(b, len(b.images), drop=("images",)) for b in batches]
+        merged = merge_shards(ctx, OUT.parent / f".{OUT.name}.shards", {"images": images, "targets": targets}, rows, mine)
+    ctx.close()
+    if merged is None:  # not rank 0: rank 0 writes the outputs
+        return
+    images, targets = merged[0]["images"], merged[0]["targets"]
+    batches = [BatchResult(torch.empty(0), **{k: v for k, v in r.items() if k != "n_items"}) for r in merged[1]]
     wall = timings["wall_s"]
     images16 = images.half()
     logits = predict(teacher, images16.float(), 256, device)
@@ -58,8 +77,10 @@ def main() -> None:
             [{"step": 0, "total": 0.0, "bn_l2": mean_of(batches, "bn_loss_final"), "bns_kl": mean_of(batches, "bns_kl_final")}]
         )
     else:
-        curve = pd.DataFrame([{c: sum(b.curve[i][c] for b in batches) / len(batches) for c in columns} for i in range(cfg.iterations)])
-        curve.insert(0, "step", range(1, cfg.iterations + 1))
+        # mean over the batches still running at each step (early stopping and warm start shorten some)
+        steps = pd.concat([pd.DataFrame(b.curve, columns=columns).assign(step=range(1, len(b.curve) + 1)) for b in batches])
+        curve = steps.groupby("step", as_index=False)[columns].mean()
+    image_iterations = sum(b.iterations * n for b, n in zip(batches, batch_sizes(len(images), cfg.batch_size)))
     bn_initial, bn_final = mean_of(batches, "bn_loss_initial"), mean_of(batches, "bn_loss_final")
     kl_initial, kl_final = mean_of(batches, "bns_kl_initial"), mean_of(batches, "bns_kl_final")
     set_jkl = j_kl(teacher, images16.float(), 256, device)
@@ -114,7 +135,11 @@ def main() -> None:
                 "j_kl": set_jkl,
                 "wall_s": round(wall, 2),
                 "images_per_s": len(images) / wall,
-                "image_iterations_per_s": len(images) * (0 if cfg.method == "gaussian" else cfg.iterations) / wall,
+                "image_iterations": image_iterations,
+                "image_iterations_per_s": image_iterations / wall,
+                "processes": ctx.world,
+                "threads_per_process": ctx.threads,
+                "precision": cfg.precision,
                 "device": str(device),
             },
         )
@@ -131,6 +156,10 @@ def main() -> None:
         )
     agree = f"teacher agrees with targets on {agreement:.1%}" if targeted else f"teacher's class balance {class_balance(pred_counts):.3f}"
     print(f"{cfg.method}: {len(images)} images in {wall:.1f} s; {agree}; BN-L2 {bn_initial:.2f} -> {bn_final:.3f}; J_KL {set_jkl:.4f}")
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
 
 
 def mean_of(batches, attr: str) -> float:

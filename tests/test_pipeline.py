@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from conftest import ROOT
 
@@ -189,3 +191,22 @@ def test_real_transfer_set_student_is_flagged_not_data_free(ws):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run([sys.executable, "-m", "stages.lineage", "models/student"], cwd=ws, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "NOT DATA-FREE" in r.stdout and "real_transfer_set (dep data/raw)" in r.stdout
+
+
+def test_two_processes_under_torchrun_make_the_same_set_and_a_student(ws):
+    """synthesize.nproc / distill.nproc = 2: torchrun (gloo) shards the synthesis and runs distill under DDP;
+    the merged set is the single-process set, bit for bit (both at 1 thread per process)."""
+    set_params(ws, synthesize={"threads": 1}, distill={"transfer_set": "synthetic"})
+    dvc(ws, "repro")
+    single = load_file(ws / "data/synthetic/images.safetensors")
+    set_params(ws, synthesize={"nproc": 2}, distill={"nproc": 2})
+    out = dvc(ws, "repro")
+    assert {"synthesize", "distill"} <= ran(out) and "torch.distributed.run" in out
+    merged = load_file(ws / "data/synthetic/images.safetensors")
+    assert torch.equal(merged["images"], single["images"]) and torch.equal(merged["targets"], single["targets"])
+    assert torch.bincount(merged["targets"]).tolist() == [4] * 10  # 40 images, class-balanced
+    assert json.loads((ws / "reports/synthesize/metrics.json").read_text())["processes"] == 2
+    d = json.loads((ws / "reports/distill/metrics.json").read_text())
+    assert d["processes"] == 2 and abs(d["sparsity"] - 0.75) < 0.005
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["student"]["accuracy"] > 0.1 and m["data_free"] is True

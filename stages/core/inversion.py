@@ -18,10 +18,22 @@ BN statistics come from the one ``bn.BatchStatsHook``. Losses per method:
   (standard normal in normalized space).
 
 Untargeted methods (``bns``, ``gaussian``) are labelled by the teacher's prediction afterwards.
+
+Speed levers (all off or neutral by default unless the benchmark, ``benchmarks/synthesis.py``,
+showed them faster at no worse BN loss): ``precision: bf16`` runs the teacher under bfloat16 autocast
+(CPU with AVX512-BF16/AMX, or CUDA; the BN statistics and losses stay float32);
+``early_stop_tol`` ends a batch once its loss stops improving; ``warm_start`` > 0 starts every
+batch after the first from the first batch's finished images of the same class (mixed with
+noise) and runs only ``warm_iterations`` steps on it; ``synthesize_set(rank=, world=)`` makes
+only the batches ``b % world == rank`` (the torchrun shards), and because batch ``b`` draws its
+noise from a generator seeded with (seed, b), the shards of N processes merge into exactly the
+set one process makes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +114,7 @@ class BatchResult:
     bn_loss_final: float  # ... of the final images
     bns_kl_initial: float  # BNS KL (input + BN layers) of the starting noise
     bns_kl_final: float  # ... of the final images
+    iterations: int = 0  # optimization steps actually run (early stopping, warm start)
 
 
 @torch.no_grad()
@@ -110,6 +123,23 @@ def bn_losses_of(teacher: nn.Module, x: torch.Tensor, target_stats: dict) -> tup
     with BatchStatsHook(teacher) as hook:
         teacher(x)
     return float(bn_l2_loss(hook.stats, target_stats)), float(bns_kl(with_input(hook.stats, x), target_stats))
+
+
+def autocast(cfg, device: torch.device):
+    """bfloat16 autocast for the teacher's forward/backward when ``cfg.precision == "bf16"``."""
+    if getattr(cfg, "precision", "fp32") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def plateaued(curve: list[dict], window: int, tol: float) -> bool:
+    """True when the mean total loss of the last ``window`` steps improved by less than ``tol`` (relative)
+    on the ``window`` steps before them."""
+    if tol <= 0 or len(curve) < 2 * window:
+        return False
+    last = sum(r["total"] for r in curve[-window:]) / window
+    before = sum(r["total"] for r in curve[-2 * window : -window]) / window
+    return before - last < tol * abs(before)
 
 
 def invert_batch(
@@ -121,26 +151,37 @@ def invert_batch(
     input_shape: tuple[int, int, int],
     generator: torch.Generator,
     device: torch.device,
+    init: torch.Tensor | None = None,
+    iterations: int | None = None,
 ) -> BatchResult:
-    """Make one batch with ``cfg.method``. ``teacher`` must be in eval mode; ``target_stats`` includes the input layer."""
+    """Make one batch with ``cfg.method``. ``teacher`` must be in eval mode; ``target_stats`` includes the input layer.
+
+    ``init`` (optional, same shape as the batch) replaces the starting noise (warm start);
+    ``iterations`` overrides ``cfg.iterations`` (the cosine schedule spans it).
+    """
     lo, hi = (b.to(device) for b in bounds)
-    x0 = torch.randn((len(targets), *input_shape), generator=generator).to(device)
+    iterations = cfg.iterations if iterations is None else iterations
+    x0 = torch.randn((len(targets), *input_shape), generator=generator)
+    if init is not None:
+        x0 = init
+    x0 = x0.to(device)
     if cfg.method == "gaussian":
         l2, kl = bn_losses_of(teacher, x0.contiguous(memory_format=torch.channels_last), target_stats)
         return BatchResult(x0.cpu(), [], l2, l2, kl, kl)
     x = x0.clamp_(lo, hi).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     targets_a = targets.to(device).repeat(cfg.duplicates)
     opt = torch.optim.Adam([x], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg.iterations))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(iterations))
     l2_initial, kl_initial = bn_losses_of(teacher, x.detach(), target_stats)
+    window, tol = getattr(cfg, "early_stop_window", 20), getattr(cfg, "early_stop_tol", 0.0)
     curve = []
-    for _ in range(cfg.iterations):
+    for _ in range(iterations):
         xa = augment_copies(
             x, cfg.duplicates, generator, max_shift=cfg.max_shift, flip=cfg.flip, crop_min_area=cfg.crop_min_area, cutout=cfg.cutout
         )
-        with BatchStatsHook(teacher) as hook:
+        with BatchStatsHook(teacher) as hook, autocast(cfg, device):
             logits = teacher(xa)
-        terms = method_losses(cfg.method, cfg, x, xa, logits, hook.stats, targets_a, target_stats)
+        terms = method_losses(cfg.method, cfg, x, xa, logits.float(), hook.stats, targets_a, target_stats)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -148,9 +189,31 @@ def invert_batch(
         with torch.no_grad():
             x.clamp_(lo, hi)
         curve.append({k: float(v.detach()) for k, v in terms.items()})
+        if plateaued(curve, window, tol):
+            break
     final = x.detach().contiguous()
     l2_final, kl_final = bn_losses_of(teacher, final, target_stats)
-    return BatchResult(final.cpu(), curve, l2_initial, l2_final, kl_initial, kl_final)
+    return BatchResult(final.cpu(), curve, l2_initial, l2_final, kl_initial, kl_final, len(curve))
+
+
+def warm_init(pool: torch.Tensor, pool_targets: torch.Tensor, targets: torch.Tensor, weight: float, generator) -> torch.Tensor:
+    """Starting images for a warm-started batch: ``weight`` x a random finished image of the same class from
+    ``pool`` + (1 - ``weight``) x fresh Gaussian noise (any class missing from the pool gets noise alone)."""
+    noise = torch.randn((len(targets), *pool.shape[1:]), generator=generator)
+    pick = torch.randint(0, 2**31 - 1, (len(targets),), generator=generator)
+    x0 = noise.clone()
+    for c in targets.unique().tolist():
+        rows = (targets == c).nonzero().squeeze(1)
+        cands = (pool_targets == c).nonzero().squeeze(1)
+        if len(cands):
+            chosen = cands[pick[rows] % len(cands)]
+            x0[rows] = weight * pool[chosen] + (1 - weight) * noise[rows]
+    return x0
+
+
+def batch_generator(seed: int, b: int) -> torch.Generator:
+    """The generator of batch ``b``: every batch's noise and augmentations depend on (seed, b) only."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + b)
 
 
 def synthesize_set(
@@ -162,13 +225,20 @@ def synthesize_set(
     cfg,
     seed: int,
     device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    share_pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[BatchResult]]:
     """Synthesize ``cfg.n_images`` images batch by batch with ``cfg.method``; ``running`` = the BN running stats.
 
     Returns (images, targets, per-batch results); targets are class-balanced for targeted
-    methods and -1 for untargeted ones. Batch ``b`` draws its noise and augmentations from a
-    generator seeded with (seed, b), so any batch can be regenerated alone and the set is
-    deterministic.
+    methods and -1 for untargeted ones. Batch ``b`` draws its noise and augmentations from
+    ``batch_generator(seed, b)``, so any batch can be regenerated alone and the set is
+    deterministic. With ``world`` > 1 only the batches ``b % world == rank`` are made and
+    returned (images and targets of those batches, in batch order): the shard of one process.
+    With ``cfg.warm_start`` > 0, batch 0 runs ``cfg.iterations`` steps from noise (on rank 0) and
+    becomes the pool every later batch starts from; ``share_pool`` sends it from rank 0 to the
+    others (a broadcast; required when ``world`` > 1).
     """
     teacher.eval().requires_grad_(False)
     target_stats = with_input_target(running, input_shape[0])
@@ -176,12 +246,38 @@ def synthesize_set(
         targets = balanced_targets(cfg.n_images, num_classes)
     else:
         targets = torch.full((cfg.n_images,), -1, dtype=torch.long)
+    starts = list(range(0, cfg.n_images, cfg.batch_size))
+    warm = getattr(cfg, "warm_start", 0.0) > 0 and cfg.method != "gaussian" and len(starts) > 1
+    if warm and world > 1 and share_pool is None:
+        raise ValueError("synthesize_set: warm_start with world > 1 needs share_pool (a broadcast from rank 0)")
+    mine = [b for b in range(len(starts)) if b % world == rank]
+
+    def make(b: int, init=None, iterations=None) -> BatchResult:
+        gen = batch_generator(seed, b)
+        batch_targets = targets[starts[b] : starts[b] + cfg.batch_size].clamp_min(0)
+        if init is not None:
+            init = init(batch_targets, gen)
+        return invert_batch(teacher, batch_targets, target_stats, cfg, bounds, input_shape, gen, device, init, iterations)
+
+    first = None  # batch 0's result when it was made early as the warm-start pool
+    if warm:
+        if rank == 0:
+            first = make(0)
+            pool = first.images
+        else:
+            pool = torch.empty((min(cfg.batch_size, cfg.n_images), *input_shape))
+        pool = share_pool(pool) if share_pool is not None else pool
+        pool_targets = targets[: len(pool)].clamp_min(0)
     images, results = [], []
-    starts = range(0, cfg.n_images, cfg.batch_size)
-    for b, start in enumerate(tqdm(starts, desc=f"synthesize ({cfg.method})", unit="batch")):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
-        batch_targets = targets[start : start + cfg.batch_size].clamp_min(0)
-        res = invert_batch(teacher, batch_targets, target_stats, cfg, bounds, input_shape, gen, device)
+    bar = tqdm(mine, desc=f"synthesize ({cfg.method}{f', shard {rank}/{world}' if world > 1 else ''})", unit="batch")
+    for b in bar:
+        if b == 0 and first is not None:
+            res = first
+        elif warm and b > 0:
+            res = make(b, lambda t, g: warm_init(pool, pool_targets, t, cfg.warm_start, g), cfg.warm_iterations or cfg.iterations)
+        else:
+            res = make(b)
         images.append(res.images)
         results.append(res)
-    return torch.cat(images), targets, results
+    mine_targets = torch.cat([targets[starts[b] : starts[b] + cfg.batch_size] for b in mine]) if mine else targets[:0]
+    return (torch.cat(images) if images else torch.empty((0, *input_shape))), mine_targets, results

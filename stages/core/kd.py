@@ -13,6 +13,11 @@ loss, beta * mean over ``iq_layers`` of smooth-L1(student features, teacher feat
 outputs of the named modules; ``mixup_alpha`` > 0 mixes each batch with a shuffled copy of
 itself (lambda ~ Beta(alpha, alpha)) before both networks see it - the teacher labels the
 mixed image, its outputs are not mixed.
+
+Several processes (``ctx.world`` > 1, torchrun): the student runs under DistributedDataParallel
+and every rank takes the rows ``rank::world`` of each batch, drawn and augmented identically on
+all ranks from the same generator, so the global batch, the averaged gradient and the schedule
+are those of one process (the student's train-mode BN normalizes each rank's part separately).
 """
 
 from __future__ import annotations
@@ -117,8 +122,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     model.eval()
 
 
-def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device: torch.device, seed: int) -> list[dict]:
-    """Train ``student`` to match ``teacher`` on transfer images ``x`` (normalized, CPU). Returns per-epoch rows."""
+def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device: torch.device, seed: int, ctx=None) -> list[dict]:
+    """Train ``student`` to match ``teacher`` on transfer images ``x`` (normalized, CPU). Returns per-epoch rows.
+
+    ``ctx`` (a ``distributed.Context``) with world > 1: data-parallel over its processes.
+    """
+    rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
     gen = torch.Generator().manual_seed(seed)
     teacher.eval().requires_grad_(False)
     if cfg.recalibrate_bn:
@@ -128,6 +137,11 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
     steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps) if cfg.schedule == "cosine" else (lambda _: 1.0))
     iq_layers = [n.strip() for n in cfg.iq_layers.split(",") if n.strip()] if cfg.iq_beta > 0 else []
+    model = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     history = []
     with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
@@ -138,11 +152,12 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
                 xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
                 if cfg.mixup_alpha > 0:
                     xb, _, _ = mixup(xb, cfg.mixup_alpha, gen)
-                xb = xb.to(device).contiguous(memory_format=torch.channels_last)
+                xb = xb[rank::world].to(device).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
                     t_logits = teacher(xb)
-                s_logits = student(xb)
-                kd = kd_loss(s_logits, t_logits, cfg.temperature)
+                s_logits = model(xb)
+                # a rank whose part of a short last batch is empty still joins the gradient all-reduce
+                kd = kd_loss(s_logits, t_logits, cfg.temperature) if len(xb) else s_logits.sum() * 0.0
                 iq = iq_loss(s_tap.features, t_tap.features) if iq_layers else torch.zeros((), device=kd.device)
                 loss = kd + cfg.iq_beta * iq
                 if not torch.isfinite(loss):
@@ -154,10 +169,12 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
                 loss.backward()
                 opt.step()
                 sched.step()
-                sums["kd_loss"] += float(kd.detach()) * len(idx)
-                sums["iq_loss"] += float(iq.detach()) * len(idx)
+                sums["kd_loss"] += float(kd.detach()) * len(xb)
+                sums["iq_loss"] += float(iq.detach()) * len(xb)
                 agree += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
-                seen += len(idx)
+                seen += len(xb)
+            if world > 1:
+                sums["kd_loss"], sums["iq_loss"], agree, seen = ctx.all_sum([sums["kd_loss"], sums["iq_loss"], agree, seen])
             history.append(
                 {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "teacher_agreement": agree / seen, "lr": sched.get_last_lr()[0]}
             )

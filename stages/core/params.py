@@ -98,6 +98,14 @@ class Synthesize:
     max_shift: int = _p(2, 0, 64)
     flip: bool = _p(True)
     grid_per_class: int = _p(8, 1, 64)
+    # speed levers (benchmarks/synthesis.py measures them)
+    precision: str = _p("fp32", choices=("fp32", "bf16"))  # bf16 = bfloat16 autocast of the teacher (CPU or CUDA)
+    early_stop_tol: float = _p(0.0, 0.0, 1.0)  # end a batch when its loss improved < tol (relative) over a window; 0 = off
+    early_stop_window: int = _p(20, 1, 100_000)  # steps per window of the plateau test
+    warm_start: float = _p(0.0, 0.0, 1.0)  # > 0: later batches start from batch 0's images (this weight) + noise
+    warm_iterations: int = _p(0, 0, 100_000)  # steps of a warm-started batch; 0 = iterations
+    nproc: int = _p(1, 1, 1024)  # processes (torchrun; gloo on CPU, NCCL on GPU), each makes every nproc-th batch
+    threads: int = _p(0, 0, 1024)  # torch threads per process; 0 = cores / nproc
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,8 @@ class Distill:
     iq_beta: float = _p(0.0, 0.0, 1e6)  # weight of the intermediate-feature (IQ) smooth-L1 loss; 0 = off
     iq_layers: str = _p("layer1,layer2,layer3")  # comma-separated module names whose outputs the IQ loss compares
     mixup_alpha: float = _p(0.0, 0.0, 100.0)  # in-batch MixUp, lambda ~ Beta(alpha, alpha); 0 = off
+    nproc: int = _p(1, 1, 1024)  # processes (torchrun + DistributedDataParallel); each sees 1/nproc of every batch
+    threads: int = _p(0, 0, 1024)  # torch threads per process; 0 = cores / nproc
 
 
 @dataclass(frozen=True)
