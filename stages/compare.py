@@ -3,6 +3,7 @@
     python -m stages.compare queue sparsity [--seeds 0 1 2]   # dvc exp run --queue, one experiment per value x seed
     dvc exp run --run-all                                      # DVC runs the queue (cached stages are reused)
     python -m stages.compare report [--json exp_show.json]    # dvc exp show --json -A -> reports/compare/
+                                                               # (+ the rows of runs.csv not rerun; --fresh drops them)
 
 Sweeps (seeds vary distill.seed: batch order, augmentation; the synthetic set stays that of common.seed;
 evaluate's J_KL table is capped at --jkl-max-images per set to save time, accuracy uses the whole test split):
@@ -19,6 +20,9 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
   paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
   cifar10       the default pipeline (resnet20) on CIFAR-10 from the JPEG copy in ../shared/datasets
+  compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
+                fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
+                warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
 Experiment names are <sweep>--<setting>--seed<k>; the report groups them by sweep and setting
 (mean, std, runs, runs without metrics) and writes summary.{csv,md}, runs.csv and one figure per sweep.
 """
@@ -97,12 +101,26 @@ PAPER_RESULTS = {"resnet18": (73.29, 93.10), "resnet34": (76.03, 93.51), "resnet
 SWEEPS["paper"] = {a: [*PAPER_PRESET, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
 SWEEPS["paper_cpu"] = {a: [*PAPER_PRESET, *PAPER_CPU_SCALE, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
 SWEEPS["cifar10"] = {"resnet20": ["data.name=cifar10", f"prepare_data.path={CIFAR10_JPEG}"]}  # the default pipeline on CIFAR-10
+# recovered accuracy vs synthesis compute (issue 7). Paper recipe: 1024 images x 200 iterations, fp32, each batch
+# from noise (arXiv 2511.20702's synthesis budget), made cheaper only by fewer iterations. Fastest setting: bf16
+# autocast and warm start (batch 0 runs `iterations`, the other batches start from its images and run warm_iterations).
+FAST = ["synthesize.precision=bf16", "synthesize.warm_start=0.5"]
+SWEEPS["compute"] = {
+    **{f"paper-i{i}": [f"synthesize.iterations={i}"] for i in (200, 100, 40, 20)},
+    **{f"bf16-i{i}": ["synthesize.precision=bf16", f"synthesize.iterations={i}"] for i in (200, 40)},
+    **{
+        f"fast-i{i}-w{w}": [*FAST, f"synthesize.iterations={i}", f"synthesize.warm_iterations={w}"]
+        for i, w in ((100, 20), (50, 10), (40, 5))
+    },
+}
 ACC = "metrics.student.accuracy"
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
     "metrics.size_ratio": "size_ratio",
     "metrics.student.latency_ms_b64": "latency_ms_b64",
     "metrics.student.macs": "macs",
+    "metrics.synthetic.image_iterations": "image_iterations",
+    "metrics.wall_s.synthesize": "synthesize_s",
 }
 
 
@@ -251,6 +269,29 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
             ax.axhline(100 * part["pruned_accuracy"].mean(), color="gray", ls=":", label="no recovery")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("synthetic images")
+        elif sweep == "compute":
+            part = part.assign(recipe=part["setting"].str.split("-").str[0]).dropna(subset=["image_iterations"])
+            for recipe, label in (
+                ("paper", "paper recipe (fp32, from noise)"),
+                ("bf16", "bf16, from noise"),
+                ("fast", "bf16 + warm start"),
+            ):
+                q = part[part["recipe"] == recipe].sort_values("image_iterations")
+                ax.errorbar(
+                    q["image_iterations"],
+                    100 * q["accuracy_mean"],
+                    yerr=100 * q["accuracy_std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    label=label,
+                )
+            full = part[part["setting"] == "paper-i200"]
+            if len(full):
+                ax.axhline(100 * full["accuracy_mean"].iloc[0], color="C0", ls=":", lw=1, label="paper recipe, full compute")
+                ax.axvline(full["image_iterations"].iloc[0] / 5, color="gray", ls="--", lw=1, label="1/5 of its compute")
+            ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
+            ax.set_xscale("log")
+            ax.set_xlabel("synthesis compute (images x iterations)")
         elif sweep == "quant":
             part = part.assign(bits=part["setting"].str.split("-").str[0], transfer=part["setting"].str.split("-").str[1])
             bits = list(dict.fromkeys(part["bits"]))
@@ -280,16 +321,21 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
         plt.close(fig)
 
 
-def report(json_path: Path | None) -> None:
+def report(json_path: Path | None, fresh: bool = False) -> None:
     doc = json.loads(json_path.read_text()) if json_path else json.loads(dvc("exp", "show", "--json", "-A"))
     runs = runs_table(doc)
+    if not fresh and (OUT / "runs.csv").is_file():
+        # experiments recorded earlier (another clone, a removed experiment) keep their row unless rerun under the same name
+        old = pd.read_csv(OUT / "runs.csv")
+        old = old[~old["name"].isin(runs["name"])] if "name" in runs else old
+        runs = pd.concat([old, runs], ignore_index=True) if len(runs) else old
     if runs.empty or not runs["has_metrics"].any():
         raise StageError(
             "no finished sweep experiments (names <sweep>--<setting>--seed<k>): queue them with `python -m stages.compare queue ...`"
         )
     summary = summarize(runs)
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
-    keep += ["metrics.teacher.accuracy", *COST]
+    keep += ["metrics.teacher.accuracy", "metrics.device", *COST]
     with atomic_dir(OUT) as tmp:
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
@@ -311,11 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")
     r = sub.add_parser("report", help="tables and plots from the finished experiments")
     r.add_argument("--json", type=Path, help="a saved `dvc exp show --json -A` document instead of asking dvc")
+    r.add_argument("--fresh", action="store_true", help="forget the runs recorded in reports/compare/runs.csv")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
         queue(args.sweep, args.seeds, args.jkl_max_images, args.settings)
     else:
-        report(args.json)
+        report(args.json, args.fresh)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ def main() -> None:
     student_card = read_json(MODELS["student"] / "card.json")
     before = "quantized" if quantized else "pruned"  # the model distillation starts from
     t, pr, s = (rows[k]["accuracy"] for k in ("teacher", before, "student"))
-    timings = {st: read_json(REPORTS / st / "metrics.json")["wall_s"] for st in STAGES}
+    stage_metrics = {st: read_json(REPORTS / st / "metrics.json") for st in STAGES}
+    timings = {st: m["wall_s"] for st, m in stage_metrics.items()}
     metrics = {
         **rows,
         "gap_points": round(100 * (t - s), 3),
@@ -96,6 +97,8 @@ def main() -> None:
             "teacher_agreement": scard["teacher_agreement"],
             "pred_class_balance": scard.get("pred_class_balance"),
             "bn_loss_final": scard["bn_loss_final"],
+            # synthesis compute: images x optimization steps actually run (early stop / warm start lower it)
+            "image_iterations": stage_metrics["synthesize"].get("image_iterations"),
         },
         "data_free": bool(student_card.get("data_free")),
         f"j_kl_relative_to_{ref}": {r["dataset"]: r[f"relative_to_{ref}"] for r in jkl},

@@ -79,7 +79,8 @@ def test_report_writes_tables_and_plots(tmp_path, monkeypatch):
     assert "NO (real images)" in md and "| freeze_bn-true | 92.00% | 1.00 | 3 | 0 |" in md
 
 
-def test_report_without_sweeps_is_one_clear_error(tmp_path):
+def test_report_without_sweeps_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.json").write_text(json.dumps([{"rev": "workspace", "data": {"rev": "workspace"}}]))
     with pytest.raises(StageError, match="no finished sweep experiments"):
         compare.main(["report", "--json", str(tmp_path / "exp.json")])
@@ -95,3 +96,28 @@ def test_quant_sweep_starts_kd_from_the_calibrated_model(tmp_path, monkeypatch):
     compare.main(["report", "--json", str(tmp_path / "exp.json")])
     assert (tmp_path / "reports" / "compare" / "quant.png").stat().st_size > 0
     assert "| 4w4a-synthetic | 91.00% | - | 1 | 0 | 15.00% |" in (tmp_path / "reports" / "compare" / "summary.md").read_text()
+
+
+def compute_document():
+    exps = []
+    for setting, acc, its in (("paper-i200", 0.924, 204800), ("paper-i40", 0.92, 40960), ("fast-i100-w20", 0.923, 40960)):
+        e = exp(f"compute--{setting}--seed0", acc)
+        e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["synthetic"] = {"image_iterations": its}
+        exps.append(e)
+    return [{"rev": "abc", "name": "main", "data": {"rev": "abc"}, "error": None, "experiments": exps}]
+
+
+def test_report_keeps_recorded_runs_and_plots_the_compute_curve(tmp_path, monkeypatch):
+    """Rows of an earlier report stay (experiments from another clone), unless rerun; --fresh forgets them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(document()))
+    (tmp_path / "b.json").write_text(json.dumps(compute_document()))
+    compare.main(["report", "--json", "a.json"])
+    compare.main(["report", "--json", "b.json"])
+    summary = (tmp_path / "reports/compare/summary.csv").read_text()
+    assert "freeze_bn-true" in summary and "paper-i40" in summary
+    assert (tmp_path / "reports/compare/compute.png").stat().st_size > 0
+    s = compare.summarize(compare.runs_table(compute_document())).set_index("setting")
+    assert s.loc["fast-i100-w20", "image_iterations"] == 40960
+    compare.main(["report", "--json", "b.json", "--fresh"])
+    assert "freeze_bn" not in (tmp_path / "reports/compare/summary.csv").read_text()
