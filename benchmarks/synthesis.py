@@ -4,8 +4,8 @@
 
 Measures in one run, on the pipeline's teacher (models/teacher + models/bn_stats), the same batch and
 iteration count:
-  (a) reference: the plain DeepInversion loop - fp32, NCHW, forward hooks on BN inputs, Adam, BN-L2 + CE
-      + TV, no augmentation and no tricks;
+  (a) reference: the plain DeepInversion loop - fp32, NCHW, forward hooks on BN inputs computing mean and
+      variance as DeepInversion's code does, Adam, BN-L2 + CE + TV, no augmentation and no tricks;
   (b) pipeline: stages.core.inversion.synthesize_set with synthesize's params.yaml section (batch and
       iterations overridden), and the speed levers one at a time on top of it: channels_last off,
       bf16 autocast, fewer threads, smaller and larger batches, early stopping;
@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -57,6 +58,27 @@ def step_flops(teacher, x: torch.Tensor) -> float:
     return fc.get_total_flops() / len(x)
 
 
+class PlainBNHook:
+    """The reference's own hook, computed as DeepInversion's code does: mean over (N, H, W) and the variance of
+    the input permuted to (C, N*H*W) - not the pipeline's BatchStatsHook with its fused moments."""
+
+    def __init__(self, model):
+        self.stats, self._handles = {}, []
+        for name, m in bn_layers(model):
+            self._handles.append(m.register_forward_pre_hook(self._hook(name)))
+
+    def _hook(self, name):
+        def hook(_m, inputs):
+            x = inputs[0].float()
+            self.stats[name] = (x.mean([0, 2, 3]), x.permute(1, 0, 2, 3).contiguous().view(x.shape[1], -1).var(1, unbiased=False))
+
+        return hook
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
 def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int, channels_last=False, bf16=False) -> tuple[float, float, int]:
     """The straightforward DeepInversion loop (optionally with one lever).
 
@@ -67,9 +89,10 @@ def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int, channel
     teacher = teacher.to(memory_format=fmt)
     x = torch.randn((len(targets), *shape), generator=g).contiguous(memory_format=fmt).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr)
+    hook = PlainBNHook(teacher)
     t = time.perf_counter()
     for _ in range(cfg.iterations):
-        with BatchStatsHook(teacher) as hook, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = teacher(x)
         loss = (
             cfg.lambda_bn * bn_l2_loss(hook.stats, stats)
@@ -80,10 +103,11 @@ def reference_loop(teacher, stats: dict, targets, shape, cfg, seed: int, channel
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - t
-    with torch.no_grad(), BatchStatsHook(teacher) as hook:
+    hook.remove()
+    with torch.no_grad(), BatchStatsHook(teacher) as final:  # the final loss is measured alike for every row
         teacher(x)
     teacher.to(memory_format=torch.contiguous_format)
-    return seconds, float(bn_l2_loss(hook.stats, stats)), cfg.iterations
+    return seconds, float(bn_l2_loss(final.stats, stats)), cfg.iterations
 
 
 def pipeline_run(teacher, running, card, cfg, threads: int) -> tuple[float, float, int]:
@@ -96,6 +120,38 @@ def pipeline_run(teacher, running, card, cfg, threads: int) -> tuple[float, floa
     seconds = time.perf_counter() - t
     teacher.to(memory_format=torch.contiguous_format)
     return seconds, sum(r.bn_loss_final for r in res) / len(res), sum(r.iterations for r in res) / len(res)
+
+
+def shard_worker(rank: int, world: int, cfg, barrier, results) -> None:
+    """One process of the sharded run (what torchrun's ranks do): 1 thread, batches rank, rank + world, ..."""
+    torch.set_num_threads(1)
+    teacher, card = load_model("models/teacher")
+    teacher.eval().requires_grad_(False)
+    running = load_bn_stats(Path("models/bn_stats/stats.safetensors"), {n: m.num_features for n, m in bn_layers(teacher)})
+    bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
+    cl = teacher.to(memory_format=torch.channels_last)
+    barrier.wait()
+    t = time.perf_counter()
+    _, _, res = synthesize_set(
+        cl, running, card["num_classes"], tuple(card["input_shape"]), bounds, cfg, 0, torch.device("cpu"), rank=rank, world=world
+    )
+    results.put((time.perf_counter() - t, [r.bn_loss_final for r in res], [r.iterations for r in res]))
+
+
+def sharded_run(cfg, world: int) -> tuple[float, float, int]:
+    """``world`` processes of 1 thread, each making one batch of ``cfg.batch_size``. Returns (wall seconds, BN-L2, iterations)."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(world), ctx.Queue()
+    cfg = replace(cfg, n_images=cfg.batch_size * world)
+    procs = [ctx.Process(target=shard_worker, args=(r, world, cfg, barrier, results)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    out = [results.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    losses = [v for o in out for v in o[1]]
+    iters = [v for o in out for v in o[2]]
+    return max(o[0] for o in out), sum(losses) / len(losses), sum(iters) / len(iters)
 
 
 def main() -> None:
@@ -136,6 +192,10 @@ def main() -> None:
     pipe("pipeline bf16", bf16)
     if args.threads > 1:
         pipe("pipeline bf16, 1 thread", bf16, threads=1)
+    if args.threads > 1:
+        s, loss, it = sharded_run(bf16, args.threads)
+        rows[f"pipeline bf16, {args.threads} processes x 1 thread (torchrun-style shards)"] = (args.batch * args.threads, s, loss, it)
+        print(f"{args.threads} processes: {args.batch * args.threads * it / s:.0f} image-it/s, BN-L2 {loss:.3f}", flush=True)
     for b in (args.batch // 2, args.batch * 2):
         pipe(f"pipeline bf16, batch {b}", replace(bf16, n_images=b, batch_size=b))
     pipe("pipeline bf16, early stop (tol 0.02, window 10)", replace(bf16, early_stop_tol=0.02, early_stop_window=10))

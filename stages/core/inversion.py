@@ -88,7 +88,12 @@ def method_losses(method: str, cfg, x: torch.Tensor, xa: torch.Tensor, logits, s
     ``x`` is the batch being optimized, ``xa`` its augmented copies fed to the teacher,
     ``stats`` the hook's BN batch statistics of that forward, ``targets`` one per row of ``xa``.
     """
-    t = {"bn_l2": bn_l2_loss(stats, target_stats), "bns_kl": bns_kl(with_input(stats, xa), target_stats)}
+    objective = METHOD_TERMS[method]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and "bn_l2" in objective):  # a logged diagnostic builds no graph
+        bn_l2 = bn_l2_loss(stats, target_stats)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and "bns_kl" in objective):
+        kl = bns_kl(with_input(stats, xa), target_stats)
+    t = {"bn_l2": bn_l2, "bns_kl": kl}
     if method == "deepinversion":
         t["ce"] = F.cross_entropy(logits, targets)
         t["tv"] = tv_l2(xa)
