@@ -112,6 +112,13 @@ SWEEPS["compute"] = {
         f"fast-i{i}-w{w}": [*FAST, f"synthesize.iterations={i}", f"synthesize.warm_iterations={w}"]
         for i, w in ((100, 20), (50, 10), (40, 5))
     },
+    # at 1/5 of the paper recipe's compute: warm starts closer to batch 0's images, and fewer images from noise
+    **{
+        f"fast-i100-w20-s{s}": [*FAST[:1], f"synthesize.warm_start={s}", "synthesize.iterations=100", "synthesize.warm_iterations=20"]
+        for s in (0.75, 0.9)
+    },
+    "bf16-n256-i160": ["synthesize.precision=bf16", "synthesize.n_images=256", "synthesize.iterations=160"],
+    "bf16-n512-i80": ["synthesize.precision=bf16", "synthesize.n_images=512", "synthesize.iterations=80"],
 }
 ACC = "metrics.student.accuracy"
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)

@@ -23,6 +23,7 @@ are those of one process (the student's train-mode BN normalizes each rank's par
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -142,6 +143,8 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+        # 1x1 convolutions in channels_last report size-1 strides that differ from the bucket's: harmless, not a copy
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     history = []
     with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
