@@ -119,6 +119,15 @@ SWEEPS["compute"] = {
     },
     "bf16-n256-i160": ["synthesize.precision=bf16", "synthesize.n_images=256", "synthesize.iterations=160"],
     "bf16-n512-i80": ["synthesize.precision=bf16", "synthesize.n_images=512", "synthesize.iterations=80"],
+    # the same with as many distillation steps as the 1024-image default (40 epochs x 8 batches)
+    "bf16-n256-i160-e160": ["synthesize.precision=bf16", "synthesize.n_images=256", "synthesize.iterations=160", "distill.epochs=160"],
+    "bf16-n128-i320-e320": [
+        "synthesize.precision=bf16",
+        "synthesize.n_images=128",
+        "synthesize.batch_size=128",
+        "synthesize.iterations=320",
+        "distill.epochs=320",
+    ],
 }
 ACC = "metrics.student.accuracy"
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
