@@ -259,10 +259,12 @@ def _x(v, digits: int) -> str:
 
 
 def plot(summary: pd.DataFrame, folder: Path) -> None:
+    import matplotlib.ticker
+
     from stages.core.plots import plt
 
     for sweep, part in summary.groupby("sweep", sort=False):
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        fig, ax = plt.subplots(figsize=(7.5, 4.5) if sweep == "compute" else (5.5, 3.4))
         teacher = part["teacher_accuracy"].mean()
         if sweep == "sparsity":
             part = part.assign(sparsity=part["setting"].str.extract(r"sparsity([\d.]+)-")[0].astype(float))
@@ -286,27 +288,31 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_xlabel("synthetic images")
         elif sweep == "compute":
-            part = part.assign(recipe=part["setting"].str.split("-").str[0]).dropna(subset=["image_iterations"])
-            for recipe, label in (
-                ("paper", "paper recipe (fp32, from noise)"),
-                ("bf16", "bf16, from noise"),
-                ("fast", "bf16 + warm start"),
-            ):
-                q = part[part["recipe"] == recipe].sort_values("image_iterations")
-                ax.errorbar(
-                    q["image_iterations"],
-                    100 * q["accuracy_mean"],
-                    yerr=100 * q["accuracy_std"].fillna(0),
-                    marker="o",
-                    capsize=3,
-                    label=label,
-                )
+            part = part.dropna(subset=["image_iterations"])
+            kind = part["setting"].str.replace(r"^bf16-n.*", "fewer", regex=True).str.split("-").str[0]
+            for recipe, label in (("paper", "paper recipe (fp32, from noise)"), ("bf16", "bf16, from noise")):
+                q = part[kind == recipe].sort_values("image_iterations")
+                ax.plot(q["image_iterations"], 100 * q["accuracy_mean"], "o-", label=f"{label}: fewer iterations")
+            for recipe, label, marker in (("fast", "bf16 + warm start", "s"), ("fewer", "bf16, fewer images", "^")):
+                q = part[kind == recipe]
+                ax.scatter(q["image_iterations"], 100 * q["accuracy_mean"], marker=marker, label=label, zorder=3)
+                for r in q.itertuples():
+                    ax.annotate(
+                        r.setting.split("-", 1)[1],
+                        (r.image_iterations, 100 * r.accuracy_mean),
+                        fontsize=5,
+                        xytext=(3, -2),
+                        textcoords="offset points",
+                    )
             full = part[part["setting"] == "paper-i200"]
             if len(full):
                 ax.axhline(100 * full["accuracy_mean"].iloc[0], color="C0", ls=":", lw=1, label="paper recipe, full compute")
                 ax.axvline(full["image_iterations"].iloc[0] / 5, color="gray", ls="--", lw=1, label="1/5 of its compute")
             ax.axhline(100 * teacher, color="k", ls="--", label="teacher")
             ax.set_xscale("log")
+            ax.set_xticks([10_000, 20_000, 40_000, 100_000, 200_000])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}k"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("synthesis compute (images x iterations)")
         elif sweep == "quant":
             part = part.assign(bits=part["setting"].str.split("-").str[0], transfer=part["setting"].str.split("-").str[1])
@@ -331,7 +337,7 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
             ax.set_ylim(max(0, lo - 5), 100 * max(part["accuracy_mean"].max(), teacher) + 1)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{sweep} sweep (mean +- std over seeds)", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right" if sweep == "compute" else "best")
         fig.tight_layout()
         fig.savefig(folder / f"{sweep}.png", dpi=100)
         plt.close(fig)
