@@ -116,17 +116,14 @@ def merge_shards(ctx: Context, workdir: Path, tensors: dict[str, torch.Tensor], 
         meta = json.loads((workdir / f"rank{r}.json").read_text())
         shard = load_file(workdir / f"rank{r}.safetensors")
         start = 0
-        for number, row, n in zip(meta["order"], meta["rows"], row_sizes(meta["rows"])):
+        for number, row in zip(meta["order"], meta["rows"]):
+            n = int(row["n_items"])
             units.append((number, row, {k: v[start : start + n] for k, v in shard.items()}))
             start += n
     shutil.rmtree(workdir, ignore_errors=True)
     units.sort(key=lambda u: u[0])
     merged = {k: torch.cat([u[2][k] for u in units]) for k in tensors}
     return merged, [u[1] for u in units]
-
-
-def row_sizes(rows: list[dict]) -> list[int]:
-    return [int(r["n_items"]) for r in rows]
 
 
 def asdict_row(obj, n_items: int, drop: tuple[str, ...] = ()) -> dict:

@@ -19,8 +19,8 @@ BN statistics come from the one ``bn.BatchStatsHook``. Losses per method:
 
 Untargeted methods (``bns``, ``gaussian``) are labelled by the teacher's prediction afterwards.
 
-Speed levers (all off or neutral by default unless the benchmark, ``benchmarks/synthesis.py``,
-showed them faster at no worse BN loss): ``precision: bf16`` runs the teacher under bfloat16 autocast
+Speed levers (measured by ``benchmarks/synthesis.py`` and the compute sweep; README "Speed"):
+``precision: bf16`` (the default) runs the teacher under bfloat16 autocast
 (CPU with AVX512-BF16/AMX, or CUDA; the BN statistics and losses stay float32);
 ``early_stop_tol`` ends a batch once its loss stops improving; ``warm_start`` > 0 starts every
 batch after the first from the first batch's finished images of the same class (mixed with
@@ -132,7 +132,7 @@ def bn_losses_of(teacher: nn.Module, x: torch.Tensor, target_stats: dict) -> tup
 
 def autocast(cfg, device: torch.device):
     """bfloat16 autocast for the teacher's forward/backward when ``cfg.precision == "bf16"``."""
-    if getattr(cfg, "precision", "fp32") == "bf16":
+    if cfg.precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -178,7 +178,7 @@ def invert_batch(
     opt = torch.optim.Adam([x], lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(iterations))
     l2_initial, kl_initial = bn_losses_of(teacher, x.detach(), target_stats)
-    window, tol = getattr(cfg, "early_stop_window", 20), getattr(cfg, "early_stop_tol", 0.0)
+    window, tol = cfg.early_stop_window, cfg.early_stop_tol
     curve = []
     for _ in range(iterations):
         xa = augment_copies(
@@ -252,7 +252,7 @@ def synthesize_set(
     else:
         targets = torch.full((cfg.n_images,), -1, dtype=torch.long)
     starts = list(range(0, cfg.n_images, cfg.batch_size))
-    warm = getattr(cfg, "warm_start", 0.0) > 0 and cfg.method != "gaussian" and len(starts) > 1
+    warm = cfg.warm_start > 0 and cfg.method != "gaussian" and len(starts) > 1
     if warm and world > 1 and share_pool is None:
         raise ValueError("synthesize_set: warm_start with world > 1 needs share_pool (a broadcast from rank 0)")
     mine = [b for b in range(len(starts)) if b % world == rank]
