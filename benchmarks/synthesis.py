@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--distill-images", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all rows; each row reports its median time")
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,33 +174,37 @@ def main() -> None:
     bf16 = replace(fp32, precision="bf16")
     targets = balanced_targets(args.batch, card["num_classes"])
     flops = step_flops(teacher, torch.randn(8, *shape))
-    rows = {}  # name -> (images, seconds, final BN-L2, iterations run)
-
-    def ref(name, **kw):
-        s, loss, it = reference_loop(teacher, running, targets, shape, base, 0, **kw)
-        rows[name] = (args.batch, s, loss, it)
-        print(f"{name}: {args.batch * it / s:.0f} image-it/s, BN-L2 {loss:.3f}", flush=True)
-
-    def pipe(name, cfg, threads=args.threads):
-        s, loss, it = pipeline_run(teacher, running, card, cfg, threads)
-        rows[name] = (cfg.n_images, s, loss, it)
-        torch.set_num_threads(args.threads)
-        print(f"{name}: {cfg.n_images * it / s:.0f} image-it/s, BN-L2 {loss:.3f}, {it:.0f} iterations", flush=True)
-
-    ref("reference (fp32, NCHW, hooks, Adam)")
-    ref("reference + channels_last", channels_last=True)
-    ref("reference + bf16 autocast", bf16=True)
-    pipe("pipeline fp32 (channels_last, shift/flip, cosine lr)", fp32)
-    pipe("pipeline bf16", bf16)
+    # The rows run round-robin, --repeats rounds, and each reports its median time: a shared machine's speed drifts by several percent
+    # over minutes, which would otherwise land on whichever rows ran in a slow stretch.
+    batch = args.batch
+    runs = {  # name -> (images, run returning (seconds, final BN-L2, iterations run))
+        "reference (fp32, NCHW, hooks, Adam)": (batch, lambda: reference_loop(teacher, running, targets, shape, base, 0)),
+        "reference + channels_last": (batch, lambda: reference_loop(teacher, running, targets, shape, base, 0, channels_last=True)),
+        "reference + bf16 autocast": (batch, lambda: reference_loop(teacher, running, targets, shape, base, 0, bf16=True)),
+        "pipeline fp32 (channels_last, shift/flip, cosine lr)": (batch, lambda: pipeline_run(teacher, running, card, fp32, args.threads)),
+        "pipeline bf16": (batch, lambda: pipeline_run(teacher, running, card, bf16, args.threads)),
+    }
     if args.threads > 1:
-        pipe("pipeline bf16, 1 thread", bf16, threads=1)
-    if args.threads > 1:
-        s, loss, it = sharded_run(bf16, args.threads)
-        rows[f"pipeline bf16, {args.threads} processes x 1 thread (torchrun-style shards)"] = (args.batch * args.threads, s, loss, it)
-        print(f"{args.threads} processes: {args.batch * args.threads * it / s:.0f} image-it/s, BN-L2 {loss:.3f}", flush=True)
-    for b in (args.batch // 2, args.batch * 2):
-        pipe(f"pipeline bf16, batch {b}", replace(bf16, n_images=b, batch_size=b))
-    pipe("pipeline bf16, early stop (tol 0.02, window 10)", replace(bf16, early_stop_tol=0.02, early_stop_window=10))
+        runs["pipeline bf16, 1 thread"] = (batch, lambda: pipeline_run(teacher, running, card, bf16, 1))
+        shards = f"pipeline bf16, {args.threads} processes x 1 thread (torchrun-style shards)"
+        runs[shards] = (batch * args.threads, lambda: sharded_run(bf16, args.threads))
+    for b in (batch // 2, batch * 2):
+        sized = replace(bf16, n_images=b, batch_size=b)
+        runs[f"pipeline bf16, batch {b}"] = (b, lambda sized=sized: pipeline_run(teacher, running, card, sized, args.threads))
+    early = replace(bf16, early_stop_tol=0.02, early_stop_window=10)
+    runs["pipeline bf16, early stop (tol 0.02, window 10)"] = (batch, lambda: pipeline_run(teacher, running, card, early, args.threads))
+    samples: dict[str, list] = {name: [] for name in runs}
+    for r in range(args.repeats):
+        for name, (n, run) in runs.items():
+            s, loss, it = run()
+            torch.set_num_threads(args.threads)
+            samples[name].append((n, s, loss, it))
+            print(f"[round {r + 1}/{args.repeats}] {name}: {n * it / s:.0f} image-it/s, BN-L2 {loss:.3f}, {it:.0f} iterations", flush=True)
+    rows = {}  # name -> (images, median seconds, final BN-L2, iterations run, all seconds)
+    for name, runs_of in samples.items():
+        n, _, loss, it = runs_of[0]
+        seconds = sorted(s for _, s, _, _ in runs_of)
+        rows[name] = (n, statistics.median(seconds), loss, it, seconds)
 
     student, _ = load_model("models/pruned")
     dcfg = parse_section("distill", {"epochs": 1})
@@ -214,25 +220,27 @@ def main() -> None:
         "input_shape": list(shape),
         "batch": args.batch,
         "iterations": args.iterations,
+        "repeats": args.repeats,
         "gflop_per_image_iteration": flops / 1e9,
         "gemm_gflops": gemm,
         "synthesis": {
             name: {
                 "images": n,
                 "seconds": s,
+                "seconds_all_rounds": all_s,
                 "iterations_run": it,
                 "image_iterations_per_s": n * it / s,
                 "achieved_gflops": n * it * flops / s / 1e9,
                 "bn_l2_final": loss,
             }
-            for name, (n, s, loss, it) in rows.items()
+            for name, (n, s, loss, it, all_s) in rows.items()
         },
         "distill_samples_per_s": distill_sps,
     }
     ref_speed = next(iter(result["synthesis"].values()))["image_iterations_per_s"]
     lines = [
         f"# Synthesis benchmark ({card['arch']} teacher, {list(shape)}, batch {args.batch}, {args.iterations} iterations, "
-        f"{args.threads} threads, torch {torch.__version__}, {cpu_name()})",
+        f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}; median of {args.repeats} interleaved rounds)",
         "",
         f"GEMM 2048^3 in the same run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
         f"One inversion step costs {flops / 1e9:.4f} GFLOP per image (forward + backward, fp32 count).",

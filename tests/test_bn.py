@@ -1,7 +1,9 @@
+import copy
+
 import pytest
 import torch
 
-from stages.core.bn import BatchStatsHook, _BatchMoments, batch_mean_var, bn_l2_loss, running_stats
+from stages.core.bn import BatchStatsHook, _BatchMoments, _EvalBatchNormWithMoments, batch_mean_var, bn_l2_loss, running_stats
 
 
 def test_hook_stats_equal_direct_computation(toy_net):
@@ -22,6 +24,52 @@ def test_hook_is_removed(toy_net):
     hook.stats.clear()
     toy_net(torch.randn(2, 1, 8, 8))
     assert hook.stats == {}
+    frozen = toy_net.eval().requires_grad_(False)  # the fused path replaces each BN's forward while active ...
+    with BatchStatsHook(frozen) as hook:
+        assert all("forward" in m.__dict__ for m in (frozen.bn1, frozen.bn2))
+    assert not any("forward" in m.__dict__ for m in (frozen.bn1, frozen.bn2))  # ... and restores it on exit
+    frozen(torch.randn(2, 1, 8, 8))
+    assert hook.stats == {}
+
+
+def _hooked_loss_and_grad(net, x, dtype=None):
+    x = x.clone().requires_grad_(True)
+    with BatchStatsHook(net) as hook, torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+        logits = net(x)
+    loss = bn_l2_loss(hook.stats, running_stats(net)) + logits.float().pow(2).mean()
+    loss.backward()
+    return loss.detach(), {k: (mu.detach(), var.detach()) for k, (mu, var) in hook.stats.items()}, x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_eval_bn_path_equals_the_pre_hook_path(trained_toy_net, dtype):
+    """A frozen eval-mode teacher takes the fused path; a copy whose BN parameters require grad takes the pre-hook
+    path: same loss, statistics and input gradient."""
+    frozen = copy.deepcopy(trained_toy_net).requires_grad_(False)
+    plain = copy.deepcopy(trained_toy_net).requires_grad_(True)
+    x = torch.randn(16, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    l_fused, s_fused, g_fused = _hooked_loss_and_grad(frozen, x, dtype)
+    l_plain, s_plain, g_plain = _hooked_loss_and_grad(plain, x, dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype is torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    assert torch.allclose(l_fused, l_plain, **tol)
+    assert s_fused.keys() == s_plain.keys() and all(torch.allclose(s_fused[k][i], s_plain[k][i], **tol) for k in s_fused for i in (0, 1))
+    assert torch.allclose(g_fused, g_plain, rtol=tol["rtol"], atol=tol["atol"] * float(g_plain.abs().max()) * 10)
+
+
+def test_fused_eval_bn_gradcheck():
+    bn = torch.nn.BatchNorm2d(3).double().eval()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+
+    def f(x):
+        return _EvalBatchNormWithMoments.apply(x, w, b, bn.running_mean, bn.running_var, bn.eps)
+
+    y, mean, var = f(x)
+    assert torch.allclose(y, torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, w, b, False, 0.0, bn.eps))
+    assert torch.allclose(var, x.var((0, 2, 3), unbiased=False)) and torch.allclose(mean, x.mean((0, 2, 3)))
+    assert torch.autograd.gradcheck(f, (x,))
 
 
 def test_channels_last_same_stats():

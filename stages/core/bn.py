@@ -22,37 +22,52 @@ def running_stats(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tenso
     return {n: (m.running_mean.detach().clone(), m.running_var.detach().clone()) for n, m in bn_layers(model)}
 
 
-class _BatchMoments(torch.autograd.Function):
-    """Per-channel mean and biased variance of ``x`` (N, C, ...) in float32 (float64 for float64 input), differentiable.
+def _param_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype of per-channel statistics and coefficients: float32 for low-precision activations, else x's own."""
+    return torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
 
-    The forward pass takes the moments from the fused batch-norm kernel (one pass over ``x``;
-    eps 0, so var = invstd^-2); the backward is the closed form d mean/dx = 1/n,
-    d var/dx = 2 (x - mean) / n. Measured on this CPU (256 x 16 x 28 x 28, channels_last,
-    forward + backward): 5.8 ms against 21 ms for ``x.transpose(0, 1).reshape(C, -1).var(1)``.
-    """
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` (N, C, ...): one read of ``x`` by the batch-norm statistics
+    kernel, nothing written. Low-precision ``x`` is reduced into float32 (the kernel's mixed-type path, chosen by
+    float32 running buffers; momentum 0 leaves those throwaway buffers unchanged)."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        c = x.shape[1]
+        return torch.batch_norm_update_stats(x, torch.zeros(c, device=x.device), torch.ones(c, device=x.device), 0.0)
+    return torch.batch_norm_update_stats(x, None, None, 0.0)
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``weight * x + bias`` per channel, in x's dtype, through the eval-mode batch-norm kernel (running mean 0,
+    variance 1, eps 0). On CPU a plain ``addcmul`` of float32 channel vectors with a bfloat16 channels_last ``x``
+    is ~20x slower (measured 8.4 vs 0.4 ms at 256 x 16 x 28 x 28)."""
+    return torch.native_batch_norm(x, weight, bias, torch.zeros_like(weight), torch.ones_like(weight), False, 0.0, 0.0)[0]
+
+
+def _moment_grad(x: torch.Tensor, mean: torch.Tensor, g_mean, g_var) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients (a, b) of dL/dx = a * x + b per channel, from the gradients of the mean and the biased
+    variance: d mean/dx = 1/n, d var/dx = 2 (x - mean) / n, so a = 2 g_var / n and b = g_mean / n - a mean."""
+    n = x.numel() // x.shape[1]
+    a = (2.0 / n) * g_var if g_var is not None else torch.zeros_like(mean)
+    b = -a * mean + (g_mean / n if g_mean is not None else 0.0)
+    return a, b
+
+
+class _BatchMoments(torch.autograd.Function):
+    """Per-channel mean and biased variance of ``x`` (N, C, ...) in float32 (float64 for float64 input),
+    differentiable: one read of ``x`` forward, one fused pass backward (closed form, see ``_moment_grad``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor):
-        if x.dtype in (torch.bfloat16, torch.float16):
-            # mixed-type kernel: low-precision input, float32 affine parameters -> float32 statistics, no float32 copy of x
-            one = torch.ones(x.shape[1], dtype=torch.float32, device=x.device)
-            _, mean, invstd = torch.native_batch_norm(x, one, torch.zeros_like(one), None, None, True, 0.0, 0.0)
-        else:
-            xf = x if x.dtype == torch.float64 else x.float()
-            _, mean, invstd = torch.native_batch_norm(xf, None, None, None, None, True, 0.0, 0.0)
+        mean, var = _moments(x)
         ctx.save_for_backward(x, mean)
-        return mean, invstd.pow(-2)
+        return mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_mean, g_var):
         x, mean = ctx.saved_tensors
-        n = x.numel() // x.shape[1]
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        # dL/dx = a * x + b per channel, a = 2 g_var / n, b = g_mean / n - a * mean: one fused pass over x
-        a = (2.0 / n) * g_var if g_var is not None else torch.zeros_like(mean)
-        b = -a * mean + (g_mean / n if g_mean is not None else 0.0)
-        return torch.addcmul(b.view(shape), a.view(shape), x).to(x.dtype)
+        return _affine(x, *_moment_grad(x, mean, g_mean, g_var))
 
 
 def batch_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,21 +75,81 @@ def batch_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _BatchMoments.apply(x)
 
 
+class _EvalBatchNormWithMoments(torch.autograd.Function):
+    """An eval-mode batch norm that also returns the mean and biased variance of its input, in one autograd node.
+
+    Forward: the statistics kernel (one read of ``x``) and the eval batch-norm kernel, exactly as ``F.batch_norm``.
+    Backward: dL/dx = scale * dL/dy + a * x + b (scale = weight / sqrt(running_var + eps), a and b from the
+    statistics' gradients) as two per-channel affine passes and one add - instead of the batch-norm backward,
+    the moments' backward and autograd's accumulation of the two (measured: the hooked teacher step of a
+    ResNet-20 at batch 256 in bf16 spent 40 ms of 180 on the separate statistics). The BN parameters get no
+    gradient: this path is only taken when they do not require one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps: float):
+        mean, var = _moments(x)
+        y = torch.native_batch_norm(x, weight, bias, running_mean, running_var, False, 0.0, eps)[0]
+        scale = (running_var.to(_param_dtype(x)) + eps).rsqrt()
+        if weight is not None:
+            scale = scale * weight
+        ctx.save_for_backward(x, mean, scale)
+        return y, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_y, g_mean, g_var):
+        x, mean, scale = ctx.saved_tensors
+        a, b = _moment_grad(x, mean, g_mean, g_var)
+        g_x = _affine(x, a, b)
+        if g_y is not None:
+            g_x = g_x.add_(_affine(g_y.to(x.dtype), scale, torch.zeros_like(scale)))
+        return g_x, None, None, None, None, None
+
+
 class BatchStatsHook:
     """Context manager: while active, ``self.stats[layer] = (mean, var)`` of each BN input.
 
     Gradients flow through the recorded statistics, so a loss on them reaches the input.
+    A BN layer in eval mode whose parameters need no gradient (the teacher during synthesis, any
+    model under ``no_grad``-style inspection) runs ``_EvalBatchNormWithMoments`` in place of its
+    forward for the duration of the context (same output, same statistics, a cheaper backward);
+    any other BN layer keeps its own forward and gets a forward pre-hook that records the statistics.
     """
 
     def __init__(self, model: nn.Module):
         self.layers = bn_layers(model)
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
+        self._patched: list[nn.Module] = []
 
     def __enter__(self) -> BatchStatsHook:
         for name, module in self.layers:
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
+            if self._fusable(module):
+                module.forward = self._make_forward(name, module)  # instance attribute: shadows the class's forward
+                self._patched.append(module)
+            else:
+                self._handles.append(module.register_forward_pre_hook(self._make_hook(name)))
         return self
+
+    @staticmethod
+    def _fusable(module: _BatchNorm) -> bool:
+        params = [p for p in (module.weight, module.bias) if p is not None]
+        return (
+            not module.training
+            and module.running_mean is not None
+            and not any(p.requires_grad for p in params)
+            and "forward" not in module.__dict__  # already replaced (a second hook on the same model): use a pre-hook
+        )
+
+    def _make_forward(self, name: str, module: _BatchNorm):
+        def forward(x):
+            m = module
+            y, mean, var = _EvalBatchNormWithMoments.apply(x, m.weight, m.bias, m.running_mean, m.running_var, m.eps)
+            self.stats[name] = (mean, var)
+            return y
+
+        return forward
 
     def _make_hook(self, name: str):
         def hook(_module, inputs):
@@ -86,6 +161,9 @@ class BatchStatsHook:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for module in self._patched:
+            del module.forward
+        self._patched.clear()
 
 
 def bn_l2_loss(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
