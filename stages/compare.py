@@ -20,6 +20,7 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
   paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
   cifar10       the default pipeline (resnet20) on CIFAR-10 from the JPEG copy in ../shared/datasets
+  precision     the default pipeline with fp32 and with bf16 synthesis
   compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
                 fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
                 warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
@@ -129,6 +130,8 @@ SWEEPS["compute"] = {
         "distill.epochs=320",
     ],
 }
+# bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
+SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
 ACC = "metrics.student.accuracy"
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
