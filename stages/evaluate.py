@@ -130,20 +130,27 @@ def main() -> None:
     print(f"teacher {t:.4f}  pruned {pr:.4f}  student {s:.4f}  (gap {metrics['gap_points']:.2f} points)")
 
 
+def evenly_spaced(n: int, cap: int) -> torch.Tensor:
+    """Indices of at most ``cap`` (0 = no cap) evenly spaced items of ``n``: deterministic, and class-proportional
+    even in a class-sorted split (an ImageFolder copy), where the first ``cap`` images would be a few classes."""
+    return torch.arange(n) if not cap or n <= cap else torch.linspace(0, n - 1, cap).round().long()
+
+
 def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_test: torch.Tensor, device) -> list[dict]:
     """J_KL of the real splits, the synthetic set, noise and an FGSM copy of the test split, relative to the train
     split (the test split for an evaluation-only data set). Returns (rows, reference split)."""
     teacher, tcard = load_model(MODELS["teacher"], device)
-    cap = cfg.jkl_max_images or None  # the first images of each set (the splits' own order, so deterministic)
-    x_test, y_test = x_test[:cap], y_test[:cap]
+    cap = cfg.jkl_max_images
+    keep = evenly_spaced(len(x_test), cap)
+    x_test, y_test = x_test[keep], y_test[keep]
     ref = "train" if has_split(data.name, data.root, train=True) else "test"
-    real = (
-        {"train": normalize(load_split(data.name, data.root, train=True).images[:cap], norm["mean"], norm["std"])} if ref == "train" else {}
-    )
+    train = load_split(data.name, data.root, train=True).images if ref == "train" else None
+    real = {"train": normalize(train[evenly_spaced(len(train), cap)], norm["mean"], norm["std"])} if train is not None else {}
+    synthetic = load_tensors(SYNTHETIC / "images.safetensors")["images"]
     sets = {
         **real,
         "test": x_test,
-        "synthetic": load_tensors(SYNTHETIC / "images.safetensors")["images"][:cap].float(),
+        "synthetic": synthetic[evenly_spaced(len(synthetic), cap)].float(),
         **noise_sets(len(x_test), tuple(tcard["input_shape"]), norm["mean"], norm["std"], seed),
         f"fgsm_test_eps{cfg.fgsm_eps:g}": fgsm(teacher, x_test, y_test, cfg.fgsm_eps, norm["mean"], norm["std"], cfg.batch_size, device),
     }

@@ -3,6 +3,7 @@
 import torch
 
 from stages.core.bn import INPUT, batch_mean_var, bns_kl, dataset_stats, gaussian_kl, j_kl, running_stats, with_input_target
+from stages.evaluate import evenly_spaced
 
 
 def test_gaussian_kl_matches_torch_distributions():
@@ -72,3 +73,11 @@ def test_j_kl_training_data_below_noise():
     assert j_noise > 5 * j_train and j_uniform > 5 * j_train
     # Computed from the model's own running statistics.
     assert set(running_stats(net)) == {"bn1", "bn2"}
+
+
+def test_jkl_subset_of_a_class_sorted_split_keeps_every_class():
+    labels = torch.arange(10).repeat_interleave(600)  # an ImageFolder split: class 0 first, then class 1, ...
+    idx = evenly_spaced(len(labels), 1000)
+    assert len(idx) == 1000 and len(set(idx.tolist())) == 1000
+    assert torch.bincount(labels[idx], minlength=10).tolist() == [100] * 10  # the first 1000 would be classes 0 and 1
+    assert torch.equal(evenly_spaced(50, 1000), torch.arange(50)) and torch.equal(evenly_spaced(50, 0), torch.arange(50))
