@@ -69,3 +69,14 @@ def test_list_params_checked_by_item_type():
         parse_section("train_teacher", {"input_shape": [3.5, 32, 32]})
     with pytest.raises(ParamsError, match="train_teacher.std .* expected a list of numbers"):
         parse_section("train_teacher", {"std": "0.3"})
+
+
+def test_exponent_floats_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S synthesize.lambda_tv=0.00001` writes `lambda_tv: 1e-05` (YAML 1.2); YAML 1.1 would read a string."""
+    p = tmp_path / "params.yaml"
+    p.write_text("synthesize:\n  lambda_tv: 1e-05\n  lambda_bn: 1E+1\n")
+    cfg = load_params("synthesize", path=p)["synthesize"]
+    assert cfg.lambda_tv == 1e-05 and cfg.lambda_bn == 10.0
+    p.write_text("synthesize:\n  n_images: 1e3\n")  # an exponent is a float: an int key still refuses it, naming the key
+    with pytest.raises(ParamsError, match="synthesize.n_images"):
+        load_params("synthesize", path=p)

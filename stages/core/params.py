@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,13 +259,25 @@ def parse_section(name: str, raw: Any):
     return cls(**values)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-05`` (no dot) is a number, as DVC writes it after
+    ``dvc exp run -S key=0.00001`` (DVC itself reads YAML 1.2); plain YAML 1.1 would make it the string '1e-05'."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_params(*sections: str, path: str | Path = "params.yaml") -> dict:
     """Read ``path`` and return ``{section: config}`` for each requested section."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run the stage from the project root")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(doc, dict):
