@@ -29,12 +29,10 @@ def _param_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``x`` (N, C, ...): one read of ``x`` by the batch-norm statistics
-    kernel, nothing written. Low-precision ``x`` is reduced into float32 (the kernel's mixed-type path, chosen by
-    float32 running buffers; momentum 0 leaves those throwaway buffers unchanged)."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        c = x.shape[1]
-        return torch.batch_norm_update_stats(x, torch.zeros(c, device=x.device), torch.ones(c, device=x.device), 0.0)
-    return torch.batch_norm_update_stats(x, None, None, 0.0)
+    kernel, nothing written. Throwaway running buffers (momentum 0 leaves them unchanged) set the statistics'
+    dtype: float32 for low-precision ``x`` (the kernel's mixed-type path), else x's own."""
+    c, dtype = x.shape[1], _param_dtype(x)
+    return torch.batch_norm_update_stats(x, torch.zeros(c, dtype=dtype, device=x.device), torch.ones(c, dtype=dtype, device=x.device), 0.0)
 
 
 def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
