@@ -188,16 +188,18 @@ def paper_table(runs: pd.DataFrame) -> str:
         "Ours: CIFAR-10 from the run's prepare_data source (the JPEG copy here, slightly harder than the original batches).",
         f"paper_cpu runs are scaled down to fit a 2-core CPU ({', '.join(PAPER_CPU_SCALE)}): not comparable in level.",
         "",
-        "| run | arch | device | paper pruned | paper recovered | our teacher | our pruned | our recovered | gap to teacher |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | arch | device | paper pruned | paper recovered | our teacher | our pruned | our recovered | gap to teacher "
+        "| share of the pruning loss recovered |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in part.sort_values(["sweep", "setting", "seed"]).to_dict("records"):
         pp, pr = PAPER_RESULTS[d["setting"]]
         t, p, st = d["metrics.teacher.accuracy"], d["metrics.pruned.accuracy"], d[ACC]
         dev = d.get("metrics.device", "-")
+        share = f"{(st - p) / (t - p):.0%}" if t > p else "-"
         lines.append(
             f"| {d['sweep']} seed {d['seed']} | {d['setting']} | {dev} | {pp:.2f}% | {pr:.2f}% "
-            f"| {t:.2%} | {p:.2%} | {st:.2%} | {100 * (t - st):.2f} |"
+            f"| {t:.2%} | {p:.2%} | {st:.2%} | {100 * (t - st):.2f} | {share} |"
         )
     return "\n".join(lines) + "\n"
 

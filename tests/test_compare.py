@@ -121,3 +121,15 @@ def test_report_keeps_recorded_runs_and_plots_the_compute_curve(tmp_path, monkey
     assert s.loc["fast-i100-w20", "image_iterations"] == 40960
     compare.main(["report", "--json", "b.json", "--fresh"])
     assert "freeze_bn" not in (tmp_path / "reports/compare/summary.csv").read_text()
+
+
+def test_paper_table_names_the_cpu_scale_and_the_recovered_share(tmp_path, monkeypatch):
+    doc = document()
+    doc[1]["experiments"] += [exp("paper_cpu--resnet18--seed0", 0.90, pruned=0.80), exp("paper--resnet50--seed0", None)]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(doc))
+    compare.main(["report", "--json", str(tmp_path / "exp.json")])
+    md = (tmp_path / "reports" / "compare" / "paper.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| paper")]
+    assert rows == ["| paper_cpu seed 0 | resnet18 | - | 73.29% | 93.10% | 92.50% | 80.00% | 90.00% | 2.50 | 80% |"]  # resnet50: no metrics
+    assert "train_teacher.epochs=3" in md and "not comparable in level" in md
