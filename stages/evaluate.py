@@ -1,21 +1,27 @@
-"""Stage evaluate: teacher / pruned / recovered student on the real test split, the J_KL table, and the report."""
+"""Stage evaluate: teacher / pruned / recovered student on the real test split, the J_KL table, and the report.
+
+Every model is also scored on the validation part (data.val_fraction, never in the test split): that column
+is what tuning reads; the test accuracy is what is reported. Real images are fitted to the teacher's
+input shape (resized, channels converted) when they differ."""
 
 from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
+from stages.core import precision
 from stages.core.artifacts import atomic_dir, atomic_write_text, load_tensors, read_json, sha256_file, write_json
 from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
-from stages.core.data import has_split, load_split
+from stages.core.data import ImageSet, fit_to_input, has_split, load_part
 from stages.core.imageops import normalize
 from stages.core.params import load_params
 from stages.core.plots import bars
 from stages.core.pruning import global_sparsity
-from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything
+from stages.core.runtime import resolve_device, run_stage, seed_everything
 from stages.core.similarity import fgsm, jkl_table, noise_sets
-from stages.core.training import match_rate, predict
+from stages.core.training import accuracy, match_rate, predict
 
 MODELS = {
     "teacher": Path("models/teacher"),
@@ -35,15 +41,20 @@ STAGES = ("train_teacher", "synthesize", "distill")
 LATENCY_BATCHES = (1, 64)
 
 
-def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, cfg, device) -> tuple[dict, torch.Tensor]:
+def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, val: tuple, cfg, device) -> tuple[dict, torch.Tensor]:
+    """One model's row: test accuracy (reported), validation accuracy (for tuning), sparsity, size, MACs, latency."""
     model, card = load_model(folder, device)
-    pred = predict(model, x, cfg.batch_size, device).argmax(1)
+    pred = predict(model, x, cfg.batch_size, device, progress=f"{folder.name}: test accuracy").argmax(1)
+    x_val, y_val = val
     params = list(model.parameters())
     shape = tuple(card["input_shape"])
     q = card.get("quantization") or {}
     sparsity = global_sparsity(model)
     row = {
         "accuracy": match_rate(pred, y),
+        "val_accuracy": accuracy(model, x_val, y_val, cfg.batch_size, device, f"{folder.name}: validation accuracy")
+        if len(y_val)
+        else None,
         "sparsity": sparsity,
         "params": sum(p.numel() for p in params),
         "nonzero_params": int(sum((p != 0).sum() for p in params)),
@@ -53,9 +64,20 @@ def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, cfg, device) -> tup
         **macs(model, shape),
         # unstructured-sparse models are sized in the bitmask format (the student is saved in it)
         "effective_bits": effective_bits(model, sparse_storage="masks_sha256" in card and sparsity > 0),
-        **{f"latency_ms_b{b}": latency_ms(model, shape, b, cfg.latency_threads, cfg.latency_repeats) for b in LATENCY_BATCHES},
+        **{
+            f"latency_ms_b{b}": latency_ms(model, shape, b, cfg.latency_threads, cfg.latency_repeats, cfg.latency_budget_s)
+            for b in LATENCY_BATCHES
+        },
     }
     return row, pred
+
+
+def real_part(data, part: str, tcard: dict) -> tuple[torch.Tensor, ImageSet]:
+    """A real part (train / val / test): its images fitted to the teacher's input shape and normalized, and the set
+    itself (labels, class names)."""
+    images = load_part(data.name, data.root, part, data.val_fraction)
+    norm = tcard["normalization"]
+    return normalize(fit_to_input(images.images, tcard["input_shape"]), norm["mean"], norm["std"]), images
 
 
 def main() -> None:
@@ -63,20 +85,16 @@ def main() -> None:
     common, data, cfg = p["common"], p["data"], p["evaluate"]
     seed_everything(common.seed)
     device = resolve_device(common.device)
-    norm = read_json(MODELS["teacher"] / "card.json")["normalization"]
-    test = load_split(data.name, data.root, train=False)
-    x = normalize(test.images, norm["mean"], norm["std"])
-    if list(test.input_shape) != read_json(MODELS["teacher"] / "card.json")["input_shape"]:
-        raise StageError(
-            f"the {data.name} test images are {list(test.input_shape)}, the teacher takes "
-            f"{read_json(MODELS['teacher'] / 'card.json')['input_shape']}: set prepare_data.image_size (or another data.name)"
-        )
+    tcard = read_json(MODELS["teacher"] / "card.json")
+    norm = tcard["normalization"]
+    x, test = real_part(data, "test", tcard)
+    x_val, val = real_part(data, "val", tcard)
     jkl, ref = similarity_table(common.seed, data, cfg, norm, x, test.labels, device)
     rows, preds = {}, {}
     quantized = bool(read_json(MODELS["quantized"] / "card.json").get("quantization"))
     models = [k for k in MODELS if k != "quantized" or quantized]
-    for name in models:
-        rows[name], preds[name] = describe(MODELS[name], x, test.labels, cfg, device)
+    for name in tqdm(models, desc="evaluate models", unit="model"):
+        rows[name], preds[name] = describe(MODELS[name], x, test.labels, (x_val, val.labels), cfg, device)
     scard = read_json(SYNTHETIC / "card.json")
     student_card = read_json(MODELS["student"] / "card.json")
     before = "quantized" if quantized else "pruned"  # the model distillation starts from
@@ -104,7 +122,14 @@ def main() -> None:
         f"j_kl_relative_to_{ref}": {r["dataset"]: r[f"relative_to_{ref}"] for r in jkl},
         "wall_s": timings,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "cpu_capability": precision.cpu_capability(),
+        "precision": {
+            "train_teacher": (tcard.get("precision") or {}).get("resolved"),
+            "synthesize": (scard.get("precision") or {}).get("resolved"),
+            "native_bf16": precision.native_bf16(device),
+        },
         "test_images": len(test.labels),
+        "val_images": len(val.labels),
     }
     in_class = [test.labels == c for c in range(len(test.classes))]
     per_class = pd.DataFrame(
@@ -144,8 +169,8 @@ def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_t
     keep = evenly_spaced(len(x_test), cap)
     x_test, y_test = x_test[keep], y_test[keep]
     ref = "train" if has_split(data.name, data.root, train=True) else "test"
-    train = load_split(data.name, data.root, train=True).images if ref == "train" else None
-    real = {"train": normalize(train[evenly_spaced(len(train), cap)], norm["mean"], norm["std"])} if train is not None else {}
+    train = real_part(data, "train", tcard)[0] if ref == "train" else None
+    real = {"train": train[evenly_spaced(len(train), cap)]} if train is not None else {}
     synthetic = load_tensors(SYNTHETIC / "images.safetensors")["images"]
     sets = {
         **real,

@@ -43,7 +43,12 @@ def main() -> None:
         except ValueError as e:
             raise StageError(f"prune.structured_amount = {cfg.structured_amount}: {e}") from e
     else:
-        prune_l1_unstructured(model, cfg.sparsity, cfg.scope)
+        if cfg.scope == "global" and cfg.min_density > 1 - cfg.sparsity:
+            raise StageError(
+                f"prune.min_density = {cfg.min_density} cannot hold at prune.sparsity = {cfg.sparsity}: every layer would keep more "
+                f"than the {1 - cfg.sparsity:.0%} of weights the sparsity leaves; lower min_density (0 = plain global L1)"
+            )
+        prune_l1_unstructured(model, cfg.sparsity, cfg.scope, cfg.min_density)
     masks = masks_of(model) if cfg.method == "l1_unstructured" else None
     make_permanent(model)
     macs, params = count_macs_params(model, shape)
@@ -85,15 +90,22 @@ def main() -> None:
                 "macs_reduction": reduction,
                 "params_count": params,
                 "params_reduction": 1 - params / params_before,
+                # the layer pruning left the fewest weights in (plain global L1 can empty one)
+                "min_layer_density": float(1 - df.sparsity.max()),
+                "emptiest_layer": df.layer[df.sparsity.idxmax()],
             },
         )
         if cfg.method == "structured":
             values, title, label = list(df.channels_kept), f"output channels kept per layer ({reduction:.1%} fewer MACs)", "kept"
         else:
-            values, title, label = list(df.sparsity), f"per-layer sparsity ({cfg.scope} L1, {sparsity:.1%} overall)", "sparsity"
+            values, title, label = list(df.sparsity), f"per-layer sparsity ({scope_label(cfg)} L1, {sparsity:.1%} overall)", "sparsity"
         bars(list(df.layer), values, tmp / "sparsity.png", title, label, horizontal=True)
     scope = cfg.structured_scope if cfg.method == "structured" else cfg.scope
     print(f"pruned ({cfg.method}, {scope}): sparsity {sparsity:.4f}, MACs {macs_before:,} -> {macs:,} ({reduction:.1%} fewer)")
+
+
+def scope_label(cfg) -> str:
+    return f"global, min density {cfg.min_density:g}" if cfg.scope == "global" and cfg.min_density > 0 else cfg.scope
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, read_json, save_tensors, sha256_file, write_json
-from stages.core.data import has_split, load_split
+from stages.core.data import has_split, load_part
 from stages.core.imageops import normalize
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage, seed_everything
@@ -41,7 +41,7 @@ def main() -> None:
     n = cfg.n_images or read_json(SYNTHETIC / "card.json")["n_images"]
     if not has_split(data.name, data.root, train=True):
         return write_unavailable(data, tcard, common, cfg)
-    train = load_split(data.name, data.root, train=True)
+    train = load_part(data.name, data.root, "train", data.val_fraction)  # the teacher's training images, not the validation ones
     idx = balanced_sample(train.labels, n, tcard["num_classes"], torch.Generator().manual_seed(common.seed))
     norm = tcard["normalization"]
     images = normalize(train.images[idx], norm["mean"], norm["std"]).half()

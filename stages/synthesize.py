@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from stages.core import precision
 from stages.core.artifacts import atomic_dir, library_versions, load_bn_stats, save_tensors, sha256_file, write_json
 from stages.core.bn import bn_layers, j_kl
 from stages.core.checkpoints import load_model
@@ -39,6 +40,7 @@ def main() -> None:
     stats = load_bn_stats(STATS, {n: m.num_features for n, m in bn_layers(teacher)})
     stats = {n: (mu.to(device), var.to(device)) for n, (mu, var) in stats.items()}
     norm = tcard["normalization"]
+    ran = precision.describe(cfg.precision, precision.resolve(cfg.precision, device, "synthesize.precision"), device)
     timings = {}
     with timed(timings, "wall_s"):
         images, targets, batches = synthesize_set(
@@ -103,6 +105,7 @@ def main() -> None:
         "bns_kl_initial": round(kl_initial, 6),
         "bns_kl_final": round(kl_final, 6),
         "j_kl": round(set_jkl, 6),
+        "precision": ran,
         "params": {"common": as_dict(common), "synthesize": as_dict(cfg)},
         "versions": library_versions(),
     }
@@ -139,7 +142,7 @@ def main() -> None:
                 "image_iterations_per_s": image_iterations / wall,
                 "processes": ctx.world,
                 "threads_per_process": ctx.threads,
-                "precision": cfg.precision,
+                "precision": ran,
                 "device": str(device),
             },
         )

@@ -1,6 +1,8 @@
 """Stage train_teacher: the BatchNorm CNN teacher every later stage starts from.
 
-train_teacher.source = train: train it on the real training split (the default).
+train_teacher.source = train: train it on the real training split minus the validation images
+(data.val_fraction; their accuracy is logged per epoch), in train_teacher.precision (auto: bf16 only
+where it is native). The test split is not read here: evaluate reports it.
 train_teacher.source = file: bring your own teacher - import a state_dict from models/external/
 (a dependency of this stage, so DVC reruns when the file changes) with the given arch,
 num_classes, input_shape and normalization; nothing is trained and no training data is read.
@@ -12,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from stages.core import precision
 from stages.core.artifacts import atomic_dir, library_versions, read_json, save_model, sha256_file, write_json
-from stages.core.data import channel_stats, class_names, load_split
+from stages.core.data import channel_stats, class_names, load_part
 from stages.core.external import check_fits, read_state_dict
 from stages.core.imageops import normalize
 from stages.core.models import build_model
@@ -28,19 +31,20 @@ EXTERNAL = Path("models/external")
 
 def train(common, data, cfg) -> tuple:
     device = resolve_device(common.device)
-    train_set, test = load_split(data.name, data.root, train=True), load_split(data.name, data.root, train=False)
+    train_set = load_part(data.name, data.root, "train", data.val_fraction)
+    val = load_part(data.name, data.root, "val", data.val_fraction)  # held out: per-epoch accuracy, never trained on
     if cfg.max_train_images:
         keep = torch.randperm(len(train_set.labels), generator=torch.Generator().manual_seed(common.seed))[: cfg.max_train_images]
         train_set.images, train_set.labels = train_set.images[keep], train_set.labels[keep]
     mean, std = channel_stats(train_set.images)
-    x_train, x_test = normalize(train_set.images, mean, std), normalize(test.images, mean, std)
+    x_train, x_val = normalize(train_set.images, mean, std), normalize(val.images, mean, std)
     model = build_model(cfg.arch, len(train_set.classes), train_set.input_shape[0])
+    ran = precision.resolve(cfg.precision, device, "train_teacher.precision")
+    eval_fn = (lambda m: accuracy(m, x_val, val.labels, 1000, device)) if len(val.labels) else None
     timings = {}
     with timed(timings, "wall_s"):
-        history = train_classifier(
-            model, x_train, train_set.labels, cfg, device, common.seed, eval_fn=lambda m: accuracy(m, x_test, test.labels, 1000, device)
-        )
-    test_acc = history[-1]["test_acc"]
+        history = train_classifier(model, x_train, train_set.labels, cfg, device, common.seed, eval_fn=eval_fn, precision=ran)
+    val_acc = history[-1].get("val_acc")
     card = {
         "source": "trained",
         "num_classes": len(train_set.classes),
@@ -49,10 +53,14 @@ def train(common, data, cfg) -> tuple:
         "input_shape": list(train_set.input_shape),
         "normalization": {"mean": mean, "std": std},
         "train_images": len(train_set.labels),
-        "test_accuracy": round(test_acc, 6),
+        "val_images": len(val.labels),
+        "val_accuracy": None if val_acc is None else round(val_acc, 6),
+        "precision": precision.describe(cfg.precision, ran, device),
     }
-    metrics = {"source": "trained", "test_accuracy": test_acc, "epochs": cfg.epochs, **timings}
-    print(f"teacher {cfg.arch}: test accuracy {test_acc:.4f} ({timings['wall_s']:.0f} s)")
+    metrics = {"source": "trained", "val_accuracy": val_acc, "epochs": cfg.epochs, "precision": card["precision"], **timings}
+    shown = "-" if val_acc is None else f"{val_acc:.4f}"
+    where = f"{ran} on {device.type}, CPU capability {precision.cpu_capability()}"
+    print(f"teacher {cfg.arch}: validation accuracy {shown} ({timings['wall_s']:.0f} s, {where})")
     return model, card, history, metrics
 
 
@@ -98,7 +106,7 @@ def import_file(data, cfg) -> tuple:
         "input_shape": list(cfg.input_shape),
         "normalization": {"mean": list(cfg.mean), "std": list(cfg.std)},
         "train_images": None,
-        "test_accuracy": None,  # measured by evaluate on the labelled evaluation set
+        "val_accuracy": None,  # measured by evaluate on the labelled evaluation set
     }
     print(f"teacher {cfg.arch} imported from {path} ({len(state)} tensors; no training)")
     return model, card, [], {"source": "file", "file_sha256": card["file_sha256"], "wall_s": 0.0}
@@ -124,7 +132,7 @@ def main() -> None:
     with atomic_dir(OUT) as tmp:
         save_model(tmp, model, card)
     with atomic_dir(REPORTS) as tmp:
-        cols = ["epoch", "train_loss", "train_acc", "test_acc"]
+        cols = ["epoch", "train_loss", "train_acc", "val_acc"]
         (pd.DataFrame(history) if history else pd.DataFrame(columns=cols)).to_csv(tmp / "history.csv", index=False)
         write_json(tmp / "metrics.json", metrics)
 

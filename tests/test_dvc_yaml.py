@@ -41,14 +41,17 @@ def imported_modules(path, seen=None):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1:
-                mod = f"stages/core/{node.module}.py"
+                mods = [f"stages/core/{node.module}.py"] if node.module else [f"stages/core/{a.name}.py" for a in node.names]
+            elif node.module == "stages.core":  # from stages.core import precision
+                mods = [f"stages/core/{a.name}.py" for a in node.names]
             elif node.module and node.module.startswith("stages.core."):
-                mod = node.module.replace(".", "/") + ".py"
+                mods = [node.module.replace(".", "/") + ".py"]
             else:
                 continue
-            if mod not in seen:
-                seen.add(mod)
-                imported_modules(ROOT / mod, seen)
+            for mod in mods:
+                if mod not in seen:
+                    seen.add(mod)
+                    imported_modules(ROOT / mod, seen)
     return seen
 
 

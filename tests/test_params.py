@@ -13,8 +13,10 @@ def test_repo_params_yaml_is_valid():
 
     cfg = load_params(*SECTIONS, path=ROOT / "params.yaml")
     assert cfg["prune"].sparsity == 0.75
-    # the fast defaults (README "Speed"): 256 bf16 images x 160 iterations, distilled for as many steps as 1024 x 40 epochs
-    assert (cfg["synthesize"].n_images, cfg["synthesize"].iterations, cfg["synthesize"].precision) == (256, 160, "bf16")
+    # the fast defaults (README "Speed"): 256 images x 160 iterations, distilled for as many steps as 1024 x 40 epochs;
+    # precision fits the machine (bf16 only where it is native), never forced in the repo's params
+    assert (cfg["synthesize"].n_images, cfg["synthesize"].iterations) == (256, 160)
+    assert cfg["synthesize"].precision == cfg["train_teacher"].precision == "auto"
     assert cfg["distill"].epochs * cfg["synthesize"].n_images == 40 * 1024
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm import tqdm
 
 
 def bn_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
@@ -208,15 +209,17 @@ def bns_kl(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str
 
 
 @torch.no_grad()
-def dataset_stats(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str = "cpu") -> dict:
+def dataset_stats(
+    model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str = "cpu", progress: str | None = None
+) -> dict:
     """Per-channel mean and variance of every BN input (and of the network input) over a whole data set.
 
     ``model`` runs in eval mode; batches are pooled exactly (float64 sums), so the result does
-    not depend on the batch size.
+    not depend on the batch size. ``progress`` names a tqdm bar over the batches.
     """
     model.eval()
     sums: dict[str, list] = {}
-    for i in range(0, len(x), batch_size):
+    for i in tqdm(range(0, len(x), batch_size), desc=progress, unit="batch", leave=False, disable=not progress):
         xb = x[i : i + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
         with BatchStatsHook(model) as hook:
             model(xb)
@@ -234,7 +237,9 @@ def dataset_stats(model: nn.Module, x: torch.Tensor, batch_size: int, device: to
     return out
 
 
-def j_kl(model: nn.Module, x: torch.Tensor, batch_size: int = 500, device: torch.device | str = "cpu") -> float:
+def j_kl(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 500, device: torch.device | str = "cpu", progress: str | None = None
+) -> float:
     """The BNS divergence of a data set ``x`` (normalized inputs) from the model's training data.
 
     Mean over BN layers (and the input) of KL(N(running stats) || N(data set's stats)); ~0 for
@@ -242,4 +247,4 @@ def j_kl(model: nn.Module, x: torch.Tensor, batch_size: int = 500, device: torch
     """
     channels = x.shape[1]
     target = with_input_target({n: (mu.to(device), var.to(device)) for n, (mu, var) in running_stats(model).items()}, channels)
-    return float(bns_kl(dataset_stats(model, x, batch_size, device), target))
+    return float(bns_kl(dataset_stats(model, x, batch_size, device, progress), target))

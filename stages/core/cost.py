@@ -6,8 +6,8 @@
   (unstructured pruning), its nonzeros (after quantization) x its bit width plus 1 bit per weight
   for the bit mask; every other
   tensor element (biases, BatchNorm affine parameters and running statistics) costs 32 bits.
-- Latency: median wall time of ``repeats`` forwards at a fixed batch size with the CPU thread
-  count pinned, after warm-up. Fake-quant models are timed with quantization disabled: the
+- Latency: median wall time of ``repeats`` forwards (fewer when a time budget is set) at a fixed batch
+  size with the CPU thread count pinned, after warm-up. Fake-quant models are timed with quantization disabled: the
   simulation ops are not a deployment kernel, the float architecture underneath is what we time.
 """
 
@@ -76,18 +76,29 @@ def effective_bits(model: nn.Module, sparse_storage: bool) -> int:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int, repeats: int) -> float:
-    """Median milliseconds per forward of a ``batch``-image input on CPU with ``threads`` threads (channels_last)."""
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int, repeats: int, budget_s: float = 0.0) -> float:
+    """Median milliseconds per forward of a ``batch``-image input on CPU with ``threads`` threads (channels_last).
+
+    ``budget_s`` > 0 bounds the time spent: the first forward's time decides how many of the ``WARMUP``
+    warm-up forwards and of the ``repeats`` timed ones fit (at least 3 timed), so a large model costs
+    about ``budget_s`` seconds instead of ``repeats`` x its forward time."""
     model = copy.deepcopy(model).eval().cpu().to(memory_format=torch.channels_last)
     x = torch.zeros(batch, *input_shape).contiguous(memory_format=torch.channels_last)  # no draw from the global RNG
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with quantization_disabled(model):
-            for _ in range(WARMUP):
+            t0 = time.perf_counter()
+            model(x)
+            first = time.perf_counter() - t0
+            warmup, timed = WARMUP - 1, repeats
+            if budget_s > 0:
+                warmup = min(warmup, int(0.2 * budget_s / first))
+                timed = max(3, min(repeats, int(0.8 * budget_s / first)))
+            for _ in range(warmup):
                 model(x)
             times = []
-            for _ in range(repeats):
+            for _ in range(timed):
                 t0 = time.perf_counter()
                 model(x)
                 times.append(time.perf_counter() - t0)

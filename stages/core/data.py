@@ -207,6 +207,57 @@ def load_split(name: str, root: str | Path, train: bool) -> ImageSet:
     return ImageSet(t["images"], t["labels"], classes)
 
 
+PARTS = ("train", "val", "test")
+VAL_SEED = 0  # the validation images are a property of the data set, the same for every common.seed
+
+
+def holdout_index(n: int, fraction: float) -> torch.Tensor:
+    """Sorted indices of the ``round(fraction * n)`` validation images among ``n``: a fixed random draw."""
+    k = round(fraction * n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))[:k].sort().values
+
+
+def load_part(name: str, root: str | Path, part: str, val_fraction: float) -> ImageSet:
+    """The ``train``, ``val`` or ``test`` part of a prepared data set.
+
+    The validation part is ``val_fraction`` of the stored training split, which then trains without it;
+    an evaluation-only set (no training split) gives its validation images from the stored test split
+    instead, and its ``test`` part is the rest. Tuning reads ``val``; reported accuracies come from ``test``;
+    the two never share an image.
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}; known: {PARTS}")
+    carved = "train" if has_split(name, root, train=True) else "test"  # the stored split the validation images come from
+    stored = carved if part == "val" else part
+    images = load_split(name, root, train=stored == "train")
+    if stored != carved:
+        return images
+    is_val = torch.zeros(len(images.labels), dtype=torch.bool)
+    is_val[holdout_index(len(images.labels), val_fraction)] = True
+    keep = is_val if part == "val" else ~is_val
+    return ImageSet(images.images[keep], images.labels[keep], images.classes)
+
+
+def fit_to_input(images: torch.Tensor, input_shape) -> torch.Tensor:
+    """uint8 (N, C, H, W) images converted to the teacher's ``input_shape`` [channels, height, width]: resized
+    (bilinear, antialiased) when the size differs, grayscale repeated to 3 channels or RGB turned to luminance
+    (ITU-R 601 weights) when the channel count differs. Unchanged when they already fit."""
+    c, h, w = (int(v) for v in input_shape)
+    x = images
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = x.expand(-1, c, -1, -1)
+        elif x.shape[1] == 3 and c == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        else:
+            raise StageError(f"images with {x.shape[1]} channels cannot be fed to a teacher that takes {c}")
+    if tuple(x.shape[2:]) != (h, w):
+        x = torch.nn.functional.interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous()
+
+
 def class_names(name: str, root: str | Path) -> tuple[str, ...] | None:
     """The prepared dataset's class names without loading its images (None when not prepared)."""
     if name == "fashion_mnist":

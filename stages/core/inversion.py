@@ -20,8 +20,8 @@ BN statistics come from the one ``bn.BatchStatsHook``. Losses per method:
 Untargeted methods (``bns``, ``gaussian``) are labelled by the teacher's prediction afterwards.
 
 Speed levers (measured by ``benchmarks/synthesis.py`` and the compute sweep; README "Speed"):
-``precision: bf16`` (the default) runs the teacher under bfloat16 autocast
-(CPU with AVX512-BF16/AMX, or CUDA; the BN statistics and losses stay float32);
+``precision: bf16`` runs the teacher under bfloat16 autocast (``auto``, the default, only where bf16 is native:
+CPU with AVX512-BF16/AMX, or CUDA; the BN statistics and losses stay float32);
 ``early_stop_tol`` ends a batch once its loss stops improving; ``warm_start`` > 0 starts every
 batch after the first from the first batch's finished images of the same class (mixed with
 noise) and runs only ``warm_iterations`` steps on it; ``synthesize_set(rank=, world=)`` makes
@@ -33,7 +33,6 @@ set one process makes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import precision
 from .bn import BatchStatsHook, bn_l2_loss, bns_kl, with_input, with_input_target
 from .imageops import augment_copies, smoothing_prior
 from .training import cosine_lambda
@@ -131,10 +131,9 @@ def bn_losses_of(teacher: nn.Module, x: torch.Tensor, target_stats: dict) -> tup
 
 
 def autocast(cfg, device: torch.device):
-    """bfloat16 autocast for the teacher's forward/backward when ``cfg.precision == "bf16"``."""
-    if cfg.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    """bfloat16 autocast for the teacher's forward/backward when ``cfg.precision`` resolves to bf16 on ``device``
+    (``auto``: only where bf16 is native; see ``precision.resolve``)."""
+    return precision.autocast(precision.resolve(cfg.precision, device, "synthesize.precision"), device)
 
 
 def plateaued(curve: list[dict], window: int, tol: float) -> bool:

@@ -22,6 +22,9 @@ import yaml
 ARCH_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg16_bn")
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # stages/core/precision.py resolves them
+
+
 class ParamsError(ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
@@ -41,6 +44,9 @@ class Common:
 class Data:
     name: str = _p("fashion_mnist", choices=("fashion_mnist", "cifar10", "imagefolder"))
     root: str = _p("data/raw")
+    # validation split: this fraction of the training split (of the evaluation set when there is no training split),
+    # held out for tuning; the teacher never trains on it and reported accuracies come from the test split
+    val_fraction: float = _p(0.1, 0.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class TrainTeacher:
     label_smoothing: float = _p(0.0, 0.0, 1.0, hi_open=True)
     max_shift: int = _p(2, 0, 16)
     flip: bool = _p(True)
-    bf16: bool = _p(False)
+    precision: str = _p("auto", choices=PRECISIONS)  # auto = bf16 autocast only where bf16 is native, else fp32
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class Synthesize:
     flip: bool = _p(True)
     grid_per_class: int = _p(8, 1, 64)
     # speed levers (benchmarks/synthesis.py measures them)
-    precision: str = _p("fp32", choices=("fp32", "bf16"))  # bf16 = bfloat16 autocast of the teacher (CPU or CUDA)
+    precision: str = _p("auto", choices=PRECISIONS)  # bfloat16 autocast of the teacher; auto = only where bf16 is native
     early_stop_tol: float = _p(0.0, 0.0, 1.0)  # end a batch when its loss improved < tol (relative) over a window; 0 = off
     early_stop_window: int = _p(20, 1, 100_000)  # steps per window of the plateau test
     warm_start: float = _p(0.0, 0.0, 1.0)  # > 0: later batches start from batch 0's images (this weight) + noise
@@ -124,6 +130,8 @@ class Prune:
     method: str = _p("l1_unstructured", choices=("l1_unstructured", "structured"))
     scope: str = _p("global", choices=("global", "layerwise"))
     sparsity: float = _p(0.75, 0.0, 1.0, hi_open=True)  # l1_unstructured: fraction of conv+linear weights zeroed
+    # l1_unstructured, global: every layer keeps at least this fraction of its weights (0 = plain global L1, the paper's)
+    min_density: float = _p(0.1, 0.0, 1.0)
     structured_target: str = _p("macs", choices=("macs", "channels"))  # structured: what structured_amount is a fraction of
     structured_amount: float = _p(0.5, 0.0, 0.95)  # structured: fraction of MACs (or channels) removed
     structured_scope: str = _p("layerwise", choices=("layerwise", "global"))  # structured: same ratio per layer, or ranked globally
@@ -173,6 +181,7 @@ class Evaluate:
     jkl_max_images: int = _p(0, 0, 10_000_000)  # J_KL table: at most this many images per data set (0 = all)
     latency_threads: int = _p(1, 1, 1024)  # CPU threads while timing (pinned, so runs compare)
     latency_repeats: int = _p(30, 1, 100_000)  # timed forwards per batch size; the median is reported
+    latency_budget_s: float = _p(10.0, 0.0, 3600.0)  # seconds per model and batch size (fewer repeats for a large model); 0 = no bound
 
 
 SECTIONS = {

@@ -14,6 +14,8 @@ smaller and keeps running. The final classifier keeps its outputs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -26,16 +28,46 @@ STRUCTURED_STEP = 0.01  # channel fraction removed per Torch-Pruning step while 
 MAX_LAYER_RATIO = 0.95  # no layer loses more than this fraction of its channels
 
 
-def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str) -> None:
-    """Zero the smallest-|w| fraction ``sparsity`` of conv+linear weights, globally or per layer."""
+def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_density: float = 0.0) -> None:
+    """Zero the smallest-|w| fraction ``sparsity`` of conv+linear weights, globally or per layer.
+
+    ``min_density`` > 0 (global scope) guards every layer: each keeps at least that fraction of its weights
+    (its largest ones), and the rest of the budget goes to the largest remaining weights across all layers,
+    so the overall sparsity is still ``sparsity``. Plain global L1 (``min_density`` 0) ranks all weights
+    together and can empty a small or depthwise layer."""
     layers = [m for _, m in prunable_layers(model)]
-    if scope == "global":
+    if scope == "global" and min_density > 0:
+        for m, mask in zip(layers, guarded_global_masks([m.weight for m in layers], sparsity, min_density)):
+            prune.custom_from_mask(m, "weight", mask)
+    elif scope == "global":
         prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity)
     elif scope == "layerwise":
         for m in layers:
             prune.l1_unstructured(m, "weight", amount=sparsity)
     else:
         raise ValueError(f"unknown pruning scope {scope!r}")
+
+
+def guarded_global_masks(weights: list[torch.Tensor], sparsity: float, min_density: float) -> list[torch.Tensor]:
+    """Keep-masks of global L1 pruning to ``sparsity`` (``round(sparsity * n)`` of all n weights zeroed, as
+    torch.nn.utils.prune counts) where every layer keeps at least ``ceil(min_density * its size)`` weights:
+    each layer's largest ``floor`` weights are kept first, then the largest of all the others fill the budget."""
+    n = sum(w.numel() for w in weights)
+    keep_total = n - round(sparsity * n)
+    floors = [min(w.numel(), math.ceil(min_density * w.numel())) for w in weights]
+    if sum(floors) > keep_total:
+        raise ValueError(
+            f"min_density {min_density} keeps {sum(floors):,} weights, more than the {keep_total:,} that sparsity {sparsity} leaves"
+        )
+    scores = []
+    for w, floor in zip(weights, floors):
+        a = w.detach().abs().flatten().float()
+        if floor:
+            a[a.topk(floor).indices] = float("inf")  # the layer's own largest weights are kept whatever the others are
+        scores.append(a)
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[torch.cat(scores).topk(keep_total).indices] = True
+    return [part.view_as(w).to(w.device) for part, w in zip(keep.split([w.numel() for w in weights]), weights)]
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:

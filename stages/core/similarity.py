@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .bn import j_kl
 from .imageops import pixel_bounds
@@ -31,7 +32,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean, s
     lo, hi = (b.to(device) for b in pixel_bounds(mean, std))
     step = eps / torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     out = []
-    for i in range(0, len(x), batch_size):
+    for i in tqdm(range(0, len(x), batch_size), desc="FGSM copy of the test split", unit="batch", leave=False):
         xb = x[i : i + batch_size].to(device).requires_grad_(True)
         loss = F.cross_entropy(model(xb), y[i : i + batch_size].to(device))
         (grad,) = torch.autograd.grad(loss, xb)
@@ -41,6 +42,6 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, mean, s
 
 def jkl_table(model: nn.Module, sets: dict[str, torch.Tensor], reference: str, batch_size: int, device) -> list[dict]:
     """One row per data set: images, J_KL and J_KL relative to ``sets[reference]``."""
-    scores = {name: j_kl(model, x, batch_size, device) for name, x in sets.items()}
+    scores = {name: j_kl(model, x, batch_size, device, progress=f"J_KL: {name}") for name, x in sets.items()}
     ref = scores[reference]
     return [{"dataset": k, "images": len(sets[k]), "j_kl": scores[k], "relative_to_" + reference: scores[k] / ref} for k in sets]

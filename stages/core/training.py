@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .imageops import random_shift_flip
+from .precision import autocast
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator | None = None):
@@ -20,11 +21,14 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator | None = Non
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits (float32, CPU) of ``model`` in eval mode for normalized inputs ``x``."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device, progress: str | None = None) -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` in eval mode for normalized inputs ``x``; ``progress`` names a tqdm bar over the batches."""
     model.eval()
     out = []
-    for idx in minibatches(len(x), batch_size):
+    batches = minibatches(len(x), batch_size)
+    if progress:
+        batches = tqdm(batches, desc=progress, total=math.ceil(len(x) / batch_size), unit="batch", leave=False)
+    for idx in batches:
         xb = x[idx].to(device).contiguous(memory_format=torch.channels_last)
         out.append(model(xb).float().cpu())
     return torch.cat(out)
@@ -35,19 +39,22 @@ def match_rate(pred: torch.Tensor, target: torch.Tensor) -> float:
     return int((pred == target).sum()) / len(target)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
-    return match_rate(predict(model, x, batch_size, device).argmax(1), y)
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, progress: str | None = None
+) -> float:
+    return match_rate(predict(model, x, batch_size, device, progress).argmax(1), y)
 
 
 def cosine_lambda(total_steps: int):
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None) -> list[dict]:
+def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None, precision: str = "fp32") -> list[dict]:
     """SGD + Nesterov momentum with cosine decay and per-sample shift/flip augmentation.
 
-    ``x`` are normalized float images on CPU, ``y`` int64 labels. Returns one history
-    row per epoch; ``eval_fn(model)`` (optional) adds a held-out accuracy column.
+    ``x`` are normalized float images on CPU, ``y`` int64 labels; ``precision`` is a resolved precision
+    (``fp32`` or ``bf16`` autocast, see ``precision.resolve``). Returns one history row per epoch;
+    ``eval_fn(model)`` (optional) adds the ``val_acc`` column (accuracy on the held-out validation split).
     """
     gen = torch.Generator().manual_seed(seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -71,7 +78,7 @@ def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None) -> list[
             xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
             xb = xb.to(device).contiguous(memory_format=torch.channels_last)
             yb = y[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(precision, device):
                 logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -84,7 +91,7 @@ def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None) -> list[
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         if eval_fn is not None:
-            row["test_acc"] = eval_fn(model)
+            row["val_acc"] = eval_fn(model)
         history.append(row)
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return history
