@@ -1,7 +1,8 @@
 """Distillation ablation on the pipeline's saved artifacts: BN handling x recipe, several seeds.
 
 Reads models/teacher, models/pruned, data/synthetic (the data-free inputs of distill) and,
-for scoring only, the real test split. Writes reports/ablation/distill_bn.{csv,md,png}.
+for scoring only, the validation part of the real training split (data.val_fraction): a recipe is chosen
+here, so the test split is not read (evaluate reports it for the chosen default). Writes reports/ablation/distill_bn.{csv,md,png}.
 Run after `dvc repro`:  python scripts/distill_ablation.py [--seeds 0 1 2]
 """
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core.artifacts import atomic_dir, load_tensors  # noqa: E402
 from stages.core.checkpoints import load_model  # noqa: E402
-from stages.core.data import load_split  # noqa: E402
+from stages.core.data import load_part  # noqa: E402
 from stages.core.imageops import normalize  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.params import load_params, parse_section  # noqa: E402
@@ -54,7 +55,7 @@ def main() -> None:
     pruned, _ = load_model("models/pruned", device)
     masks = load_tensors("models/pruned/masks.safetensors")
     x = load_tensors("data/synthetic/images.safetensors")["images"].float()
-    test = load_split(data.name, data.root, train=False)
+    test = load_part(data.name, data.root, "val", data.val_fraction)  # scoring set: the validation part
     xt = normalize(test.images, tcard["normalization"]["mean"], tcard["normalization"]["std"])
     rows = [
         {
@@ -88,19 +89,26 @@ def main() -> None:
     with atomic_dir(OUT) as tmp:
         df.to_csv(tmp / "distill_bn.csv", index=False)
         lines = [
-            f"# Distillation ablation ({len(x)} synthetic images, sparsity from models/pruned; real test split, {len(test.labels)} images)",
+            f"# Distillation ablation ({len(x)} synthetic images, sparsity from models/pruned; validation part, {len(test.labels)} images)",
             "",
             "Seeds vary the distillation (batch order, augmentation); the synthetic set is fixed.",
             "",
             "Diverged runs (non-finite KD loss) are scored at chance level and counted.",
             "",
-            "| setting | test accuracy (mean) | std | runs | diverged |",
+            "| setting | validation accuracy (mean) | std | runs | diverged |",
             "|---|---|---|---|---|",
             *[f"| {k} | {r['mean']:.2%} | {r['std']:.2%} | {int(r['runs'])} | {int(r['diverged'])} |" for k, r in summary.iterrows()],
             "",
         ]
         (tmp / "distill_bn.md").write_text("\n".join(lines))
-        bars(list(summary.index), list(summary["mean"]), tmp / "distill_bn.png", "distillation ablation", "test accuracy", horizontal=True)
+        bars(
+            list(summary.index),
+            list(summary["mean"]),
+            tmp / "distill_bn.png",
+            "distillation ablation",
+            "validation accuracy",
+            horizontal=True,
+        )
     print("\n".join(lines))
 
 

@@ -81,6 +81,7 @@ def row(name: str, data: dict) -> dict | None:
         "iterations": 0 if syn["method"] == "gaussian" else syn["iterations"],
         "duplicates": syn.get("duplicates", 1),
         "student_acc": metrics["student"]["accuracy"],
+        "student_val_acc": metrics["student"].get("val_accuracy"),  # what ranks the methods (the validation part)
         "gap_points": metrics["gap_points"],
         "pruned_acc": metrics["pruned"]["accuracy"],
         "teacher_acc": metrics["teacher"]["accuracy"],
@@ -111,7 +112,7 @@ def collect() -> None:
         if r:
             rows.append(r)
             seen.add(name)
-    df = pd.DataFrame(rows).sort_values("student_acc", ascending=False)
+    df = pd.DataFrame(rows).sort_values(["student_val_acc", "student_acc"], ascending=False)
     df["class_balance"] = [synth_metrics(rev).get("pred_class_balance") for rev in df["rev"]]
     with atomic_dir(OUT) as tmp:
         df.to_csv(tmp / "methods.csv", index=False)

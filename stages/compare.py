@@ -21,6 +21,9 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
   cifar10       the default pipeline (resnet20) on CIFAR-10 from the JPEG copy in ../shared/datasets
   precision     the default pipeline with fp32 and with bf16 synthesis
+  bn_loss       DeepInversion's BN term: the paper's sum of L2 norms vs the scale-free normalized form at several weights
+  zoo           teachers trained outside the pipeline (scripts/make_zoo_teachers.py), each brought in with the defaults;
+                report writes reports/compare/zoo.md
   compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
                 fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
                 warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
@@ -86,6 +89,8 @@ PAPER_PRESET = [
     "prune.method=l1_unstructured",
     "prune.scope=global",
     "prune.sparsity=0.75",
+    "prune.min_density=0",
+    "synthesize.bn_loss=l2",
     "quantize.weight_bits=32",
     "quantize.act_bits=32",
     "distill.temperature=3",
@@ -131,9 +136,20 @@ SWEEPS["compute"] = {
         "distill.epochs=320",
     ],
 }
+# DeepInversion's BN term (issue 15): the paper's sum of L2 norms (the default until then, lambda_bn 1) against the
+# scale-free normalized form at several weights; chosen on the validation part
+SWEEPS["bn_loss"] = {
+    "l2-lambda1": ["synthesize.bn_loss=l2", "synthesize.lambda_bn=1"],
+    **{f"normalized-lambda{v}": ["synthesize.bn_loss=normalized", f"synthesize.lambda_bn={v}"] for v in (0.3, 1, 3, 10)},
+}
 # bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
 SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
+# the teacher zoo (issue 15): teachers trained outside the pipeline by scripts/make_zoo_teachers.py, each brought in
+# through train_teacher.source = file with the default pipeline and no per-teacher setting; the settings come from its
+# manifest at queue time, and each experiment gets the (git- and dvc-ignored) zoo folder copied in
+ZOO_DIR = Path("models/external/zoo")
 ACC = "metrics.student.accuracy"
+VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
     "metrics.size_ratio": "size_ratio",
@@ -141,7 +157,33 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.student.macs": "macs",
     "metrics.synthetic.image_iterations": "image_iterations",
     "metrics.wall_s.synthesize": "synthesize_s",
+    "metrics.wall_s.distill": "distill_s",
+    "metrics.synthetic.teacher_agreement": "synthetic_agreement",
 }
+
+
+def zoo_settings() -> dict[str, list[str]]:
+    """One setting per teacher of the zoo manifest: bring it in as it was made (arch, shape, normalization), nothing else."""
+    manifest = ZOO_DIR / "zoo.json"
+    if not manifest.is_file():
+        raise StageError(f"{manifest} not found: make the zoo first (dvc repro prepare_data && python scripts/make_zoo_teachers.py)")
+    out = {}
+    for name, t in json.loads(manifest.read_text()).items():
+        out[name] = [
+            "train_teacher.source=file",
+            f"train_teacher.file={t['file']}",
+            f"train_teacher.arch={t['arch']}",
+            f"train_teacher.arch_kwargs={json.dumps(t.get('arch_kwargs') or {})}",
+            f"train_teacher.num_classes={t['num_classes']}",
+            f"train_teacher.input_shape={json.dumps(t['input_shape'])}",
+            f"train_teacher.mean={json.dumps(t['mean'])}",
+            f"train_teacher.std={json.dumps(t['std'])}",
+        ]
+    return out
+
+
+def sweep_settings(sweep: str) -> dict[str, list[str]]:
+    return zoo_settings() if sweep == "zoo" else SWEEPS[sweep]
 
 
 def dvc(*args: str) -> str:
@@ -152,17 +194,19 @@ def dvc(*args: str) -> str:
 
 
 def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str] | None = None) -> None:
-    unknown = sorted(set(settings or []) - set(SWEEPS[sweep]))
+    sweeps = sweep_settings(sweep)
+    unknown = sorted(set(settings or []) - set(sweeps))
     if unknown:
-        raise StageError(f"--settings: {unknown} not in sweep {sweep!r} (has {list(SWEEPS[sweep])})")
-    for setting, sets in SWEEPS[sweep].items():
+        raise StageError(f"--settings: {unknown} not in sweep {sweep!r} (has {list(sweeps)})")
+    copy = ["--copy-paths", str(ZOO_DIR)] if sweep == "zoo" else []
+    for setting, sets in sweeps.items():
         if settings and setting not in settings:
             continue
         sets = [absolute_path(s) for s in sets]
         for seed in seeds:
             name = f"{sweep}--{setting}--seed{seed}"
             extra = [f"distill.seed={seed}", f"evaluate.jkl_max_images={jkl_max_images}"]
-            args = ["exp", "run", "--queue", "-n", name, *[a for s in [*sets, *extra] for a in ("-S", s)]]
+            args = ["exp", "run", "--queue", "-n", name, *copy, *[a for s in [*sets, *extra] for a in ("-S", s)]]
             dvc(*args)
             print("queued", name)
     print("now run: dvc exp run --run-all   (then: python -m stages.compare report)")
@@ -213,7 +257,7 @@ def runs_table(doc) -> pd.DataFrame:
     if df.empty:
         return df
     df[["sweep", "setting", "seed"]] = df["name"].str.split("--", expand=True)
-    df = df[df["sweep"].isin(list(SWEEPS))]
+    df = df[df["sweep"].isin([*SWEEPS, "zoo"])]
     df["seed"] = df["seed"].str.removeprefix("seed").astype(int)
     df["data_free"] = df.get("metrics.data_free", pd.Series(True, index=df.index)).fillna(True)
     return df.reset_index(drop=True)
@@ -223,6 +267,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     ok = runs[runs["has_metrics"]]
     g = ok.groupby(["sweep", "setting"], sort=False)
     out = g[ACC].agg(["mean", "std", "count"]).rename(columns={"mean": "accuracy_mean", "std": "accuracy_std", "count": "runs"})
+    out["val_accuracy_mean"] = g[VAL].mean() if VAL in ok else float("nan")
     for col, name in (("metrics.pruned.accuracy", "pruned_accuracy"), ("metrics.teacher.accuracy", "teacher_accuracy")):
         out[name] = g[col].mean()
     # the model KD starts from: the calibrated fake-quant model when quantize was on, else the pruned one
@@ -239,24 +284,71 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["sweep", "_o"]).drop(columns="_o").reset_index(drop=True)
 
 
+def selected_on_validation(part: pd.DataFrame) -> str | None:
+    """The setting of one sweep with the best data-free student on the validation part (ties: the first); None
+    when no run has a validation accuracy. The test accuracy never enters the choice."""
+    ok = part[part["data_free"].astype(bool) & part["val_accuracy_mean"].notna()]
+    return None if ok.empty else ok.loc[ok["val_accuracy_mean"].idxmax(), "setting"]
+
+
 def render(summary: pd.DataFrame) -> str:
-    lines = ["# Sweeps (DVC experiments; accuracy on the real test split, mean +- std over seeds)", ""]
+    lines = [
+        "# Sweeps (DVC experiments; accuracy on the real test split, mean +- std over seeds)",
+        "",
+        "Settings are compared on the validation part (`val`: data.val_fraction of the training split, never tested on); "
+        "**bold** marks each sweep's best data-free setting on it. The test accuracy is reported, not used to choose.",
+        "",
+    ]
     for sweep, part in summary.groupby("sweep", sort=False):
+        best = selected_on_validation(part)
         lines += [
             f"## {sweep}",
             "",
-            "| setting | student accuracy | std | runs | no metrics | before KD (pruned / calibrated) | teacher | data-free "
+            "| setting | student accuracy | std | val | runs | no metrics | before KD (pruned / calibrated) | teacher | data-free "
             "| speed-up b64 | size ratio |",
         ]
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in part.itertuples():
             std = "-" if pd.isna(r.accuracy_std) else f"{100 * r.accuracy_std:.2f}"
+            val = "-" if pd.isna(r.val_accuracy_mean) else f"{r.val_accuracy_mean:.2%}"
             free = "yes" if r.data_free else "**NO (real images)**"
+            name = f"**{r.setting}**" if r.setting == best else r.setting
             lines.append(
-                f"| {r.setting} | {r.accuracy_mean:.2%} | {std} | {r.runs} | {r.runs_without_metrics} "
+                f"| {name} | {r.accuracy_mean:.2%} | {std} | {val} | {r.runs} | {r.runs_without_metrics} "
                 f"| {r.before_kd_accuracy:.2%} | {r.teacher_accuracy:.2%} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
             )
         lines += ["", f"![{sweep}]({sweep}.png)", ""]
+    return "\n".join(lines)
+
+
+def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Teachers trained outside the pipeline, each through the default pipeline: the issue-15 acceptance table."""
+    part = summary[summary["sweep"] == "zoo"]
+    if part.empty:
+        return ""
+    failed = runs[(runs["sweep"] == "zoo") & ~runs["has_metrics"]]["setting"].tolist()
+    done = runs[(runs["sweep"] == "zoo") & runs["has_metrics"]]
+    devices, caps = (sorted(set(done[c].dropna())) if c in done else [] for c in ("metrics.device", "metrics.cpu_capability"))
+    lines = [
+        "# Teacher zoo: classifiers trained outside the pipeline, brought in with the defaults",
+        "",
+        "Each teacher was trained by `scripts/make_zoo_teachers.py` (not by the pipeline) and entered through "
+        "`train_teacher.source: file`; every other setting is the default (75% global unstructured L1 with the per-layer "
+        "floor `prune.min_density`, DeepInversion with the normalized BN loss, KD). Accuracies on the real Fashion-MNIST "
+        f"test split; device {', '.join(devices) or '-'}, CPU capability {', '.join(caps) or '-'}.",
+        "",
+        "| teacher | teacher acc | pruned | recovered | gap (points) | recovered >= teacher - 1 "
+        "| teacher agrees with the synthesis targets | synthesis s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in part.itertuples():
+        gap = 100 * (r.teacher_accuracy - r.accuracy_mean)
+        agree = "-" if pd.isna(r.synthetic_agreement) else f"{r.synthetic_agreement:.1%}"
+        lines.append(
+            f"| {r.setting} | {r.teacher_accuracy:.2%} | {r.pruned_accuracy:.2%} | {r.accuracy_mean:.2%} | {gap:.2f} "
+            f"| {'yes' if gap <= 1.0 else '**no**'} | {agree} | {r.synthesize_s:.0f} | {r.distill_s:.0f} |"
+        )
+    lines += ["", f"Runs without metrics (failed or not run): {', '.join(failed) or 'none'}.", ""]
     return "\n".join(lines)
 
 
@@ -363,7 +455,7 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
         )
     summary = summarize(runs)
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
-    keep += ["metrics.teacher.accuracy", "metrics.device", *COST]
+    keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", *COST]
     with atomic_dir(OUT) as tmp:
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
@@ -372,6 +464,9 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
         paper = paper_table(runs)
         if paper:
             (tmp / "paper.md").write_text(paper)
+        zoo = zoo_table(summary, runs)
+        if zoo:
+            (tmp / "zoo.md").write_text(zoo)
     print(render(summary))
 
 
@@ -379,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("queue", help="queue one sweep as DVC experiments")
-    q.add_argument("sweep", choices=sorted(SWEEPS))
+    q.add_argument("sweep", choices=sorted([*SWEEPS, "zoo"]))
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--settings", nargs="+", help="queue only these settings of the sweep (default: all)")
     q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")

@@ -112,3 +112,21 @@ def test_moments_of_bf16_activations_are_float32_accurate():
     flat = x.float().transpose(0, 1).reshape(8, -1)
     assert mu.dtype == torch.float32 and torch.allclose(mu, flat.mean(1), atol=1e-5)
     assert torch.allclose(var, flat.var(1, unbiased=False), rtol=1e-5)
+
+
+def test_normalized_bn_loss_by_hand_and_scale_free():
+    from stages.core.bn import BN_EPS, bn_normalized_loss
+
+    target = {"a": (torch.tensor([0.0, 1.0]), torch.tensor([4.0, 1.0]) - BN_EPS)}  # std 2 and 1 once eps is added
+    batch = {"a": (torch.tensor([2.0, 1.0]), torch.tensor([8.0, 1.0]) - BN_EPS)}
+    # mean shift / std: (1, 0) -> RMS sqrt(1/2); relative variance error: (1, 0) -> RMS sqrt(1/2)
+    assert abs(float(bn_normalized_loss(batch, target)) - 2 * 0.5**0.5) < 1e-5
+    torch.manual_seed(0)
+    mu_t, var_t = torch.randn(8), torch.rand(8) + 0.5
+    mu_b, var_b = mu_t + 0.3 * torch.randn(8), var_t * (1 + 0.2 * torch.rand(8))
+    base = float(bn_normalized_loss({"l": (mu_b, var_b)}, {"l": (mu_t, var_t)}))
+    # 4x wider (channels repeated), activations 10x larger, the layer repeated 5 times: the same loss; BN-L2 grows
+    wide = {f"l{i}": (10 * mu_b.repeat(4), 100 * var_b.repeat(4)) for i in range(5)}
+    wide_t = {f"l{i}": (10 * mu_t.repeat(4), 100 * var_t.repeat(4)) for i in range(5)}
+    assert abs(float(bn_normalized_loss(wide, wide_t)) - base) < 1e-3 * base
+    assert float(bn_l2_loss(wide, wide_t)) > 100 * float(bn_l2_loss({"l": (mu_b, var_b)}, {"l": (mu_t, var_t)}))

@@ -76,7 +76,7 @@ def test_report_writes_tables_and_plots(tmp_path, monkeypatch):
     for f in ("runs.csv", "summary.csv", "summary.md", "sparsity.png", "freeze_bn.png"):
         assert (out / f).stat().st_size > 0
     md = (out / "summary.md").read_text()
-    assert "NO (real images)" in md and "| freeze_bn-true | 92.00% | 1.00 | 3 | 0 |" in md
+    assert "NO (real images)" in md and "| freeze_bn-true | 92.00% | 1.00 | - | 3 | 0 |" in md
 
 
 def test_report_without_sweeps_is_one_clear_error(tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def test_quant_sweep_starts_kd_from_the_calibrated_model(tmp_path, monkeypatch):
     (tmp_path / "exp.json").write_text(json.dumps(document()))
     compare.main(["report", "--json", str(tmp_path / "exp.json")])
     assert (tmp_path / "reports" / "compare" / "quant.png").stat().st_size > 0
-    assert "| 4w4a-synthetic | 91.00% | - | 1 | 0 | 15.00% |" in (tmp_path / "reports" / "compare" / "summary.md").read_text()
+    assert "| 4w4a-synthetic | 91.00% | - | - | 1 | 0 | 15.00% |" in (tmp_path / "reports" / "compare" / "summary.md").read_text()
 
 
 def compute_document():
@@ -133,3 +133,39 @@ def test_paper_table_names_the_cpu_scale_and_the_recovered_share(tmp_path, monke
     rows = [line for line in md.splitlines() if line.startswith("| paper")]
     assert rows == ["| paper_cpu seed 0 | resnet18 | - | 73.29% | 93.10% | 92.50% | 80.00% | 90.00% | 2.50 | 80% |"]  # resnet50: no metrics
     assert "train_teacher.epochs=3" in md and "not comparable in level" in md
+
+
+def test_settings_are_selected_on_validation_never_on_test():
+    """Where the test split and the validation part disagree, the validation part decides."""
+
+    def run(name, test_acc, val_acc):
+        e = exp(name, test_acc)
+        e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["student"]["val_accuracy"] = val_acc
+        return e
+
+    doc = [
+        {
+            "rev": "abc",
+            "name": "main",
+            "data": {"rev": "abc"},
+            "error": None,
+            "experiments": [
+                run("bn_loss--l2-lambda1--seed0", 0.95, 0.90),  # best on test, worse on validation
+                run("bn_loss--normalized-lambda1--seed0", 0.93, 0.92),
+                run("bn_loss--normalized-lambda3--seed0", 0.94, 0.91),
+            ],
+        }
+    ]
+    summary = compare.summarize(compare.runs_table(doc))
+    assert compare.selected_on_validation(summary) == "normalized-lambda1"
+    assert "| **normalized-lambda1** |" in compare.render(summary) and "| l2-lambda1 |" in compare.render(summary)
+    assert summary.set_index("setting")["val_accuracy_mean"]["l2-lambda1"] == pytest.approx(0.90)
+
+
+def test_no_tuning_script_reads_the_test_split():
+    """Scripts that choose settings score them on the validation part; only evaluate reads the test split."""
+    from conftest import ROOT
+
+    for f in [*(ROOT / "scripts").glob("*.py"), ROOT / "stages/compare.py"]:
+        text = f.read_text()
+        assert "train=False" not in text and '"test"' not in text.replace('"test" split', ""), f"{f.name} reads the test split"

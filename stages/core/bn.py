@@ -171,6 +171,29 @@ def bn_l2_loss(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict
     return torch.stack(terms).sum()
 
 
+BN_EPS = 1e-5  # BatchNorm's default eps: the normalized loss measures statistics in the units a BN layer divides by
+
+
+def bn_normalized_loss(
+    batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """DeepInversion's feature-statistics distance made scale-free: mean over layers of
+    ``RMS_c((mu_batch - mu) / sqrt(var + eps)) + RMS_c((var_batch - var) / (var + eps))``.
+
+    Each term is what the layer's own normalization sees: the batch's mean shift in units of the stored std and
+    its relative variance error, root-mean-squared over channels and averaged over layers, so its size does not
+    grow with the width (channels) or depth (layers) of the teacher, nor with its activation scale.
+    ``bn_l2_loss`` (the paper's sum of norms) does: thousands for a ResNet-18, ~100 for a ResNet-20."""
+    terms = []
+    for n, (mu, var) in batch.items():
+        mu_t, var_t = target[n]
+        scale = var_t + BN_EPS
+        shift = (mu - mu_t).pow(2).div(scale).mean()
+        spread = (var - var_t).div(scale).pow(2).mean()
+        terms.append(shift.add(1e-12).sqrt() + spread.add(1e-12).sqrt())
+    return torch.stack(terms).mean()
+
+
 # --- BN-Stats (BNS) divergence of "The Knowledge Within" (Haroush et al. 2020) ---------------------------------------
 #
 # The input normalization counts as one more "layer": normalized training data has per-channel

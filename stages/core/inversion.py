@@ -7,8 +7,10 @@ augmentation of ``imageops.augment_copies`` (``duplicates`` copies per image). T
 BN statistics come from the one ``bn.BatchStatsHook``. Losses per method:
 
 - ``deepinversion`` (Yin et al. 2020; arXiv 2511.20702):
-  lambda_bn * sum_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2) + lambda_ce * CE
-  + lambda_tv * TV_l2 + lambda_l2 * ||x||_2
+  lambda_bn * BN + lambda_ce * CE + lambda_tv * TV_l2 + lambda_l2 * ||x||_2, where BN is
+  ``bn_loss: normalized`` (the default, ``bn.bn_normalized_loss``: mean over layers of the per-channel RMS
+  mean shift / std and relative variance error, the same size for any teacher) or ``bn_loss: l2``, the
+  paper's sum_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2), which grows with width and depth
 - ``inception``: lambda_inception * exp(-logit[target] / inception_scale) + lambda_prior * MSE(x, blur(x))
 - ``bns`` (BN-Stats): lambda_bns * mean_l KL(N(running stats) || N(batch stats)), the input
   normalization counted as a layer, + lambda_prior * MSE(x, blur(x)); untargeted.
@@ -41,7 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import precision
-from .bn import BatchStatsHook, bn_l2_loss, bns_kl, with_input, with_input_target
+from .bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss, bns_kl, with_input, with_input_target
 from .imageops import augment_copies, smoothing_prior
 from .training import cosine_lambda
 
@@ -49,7 +51,7 @@ METHODS = ("deepinversion", "gaussian", "inception", "bns", "bns_inception")
 TARGETED = ("deepinversion", "inception", "bns_inception")
 # Terms of each method's objective; bn_l2 and bns_kl are also logged for every method as diagnostics.
 METHOD_TERMS = {
-    "deepinversion": ("bn_l2", "ce", "tv", "l2"),
+    "deepinversion": ("bn", "ce", "tv", "l2"),  # bn = bn_norm or bn_l2 (synthesize.bn_loss)
     "inception": ("inception", "prior"),
     "bns": ("bns_kl", "prior"),
     "bns_inception": ("bns_kl", "prior", "inception"),
@@ -58,8 +60,11 @@ METHOD_TERMS = {
 INCEPTION_MAX_EXPONENT = 30.0  # exp(-logit/scale) is capped at e^30 so that very negative logits cannot overflow
 
 
+DIAGNOSTICS = ("bn_l2", "bn_norm", "bns_kl")
+
+
 def curve_columns(method: str) -> list[str]:
-    return ["total", "bn_l2", "bns_kl", *(t for t in METHOD_TERMS[method] if t not in ("bn_l2", "bns_kl"))]
+    return ["total", *DIAGNOSTICS, *(t for t in METHOD_TERMS[method] if t not in DIAGNOSTICS)]
 
 
 def tv_l2(x: torch.Tensor) -> torch.Tensor:
@@ -88,17 +93,20 @@ def method_losses(method: str, cfg, x: torch.Tensor, xa: torch.Tensor, logits, s
     ``x`` is the batch being optimized, ``xa`` its augmented copies fed to the teacher,
     ``stats`` the hook's BN batch statistics of that forward, ``targets`` one per row of ``xa``.
     """
-    objective = METHOD_TERMS[method]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and "bn_l2" in objective):  # a logged diagnostic builds no graph
-        bn_l2 = bn_l2_loss(stats, target_stats)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and "bns_kl" in objective):
-        kl = bns_kl(with_input(stats, xa), target_stats)
-    t = {"bn_l2": bn_l2, "bns_kl": kl}
+    objective = set(METHOD_TERMS[method])
     if method == "deepinversion":
+        objective.add("bn_norm" if cfg.bn_loss == "normalized" else "bn_l2")
+    grad = torch.is_grad_enabled()
+    t = {}
+    for name, fn in (("bn_l2", bn_l2_loss), ("bn_norm", bn_normalized_loss), ("bns_kl", None)):
+        with torch.set_grad_enabled(grad and name in objective):  # a logged diagnostic builds no graph
+            t[name] = fn(stats, target_stats) if fn else bns_kl(with_input(stats, xa), target_stats)
+    if method == "deepinversion":
+        t["bn"] = t["bn_norm"] if cfg.bn_loss == "normalized" else t["bn_l2"]
         t["ce"] = F.cross_entropy(logits, targets)
         t["tv"] = tv_l2(xa)
         t["l2"] = torch.linalg.vector_norm(xa.flatten(1), dim=1).mean()
-        t["total"] = cfg.lambda_bn * t["bn_l2"] + cfg.lambda_ce * t["ce"] + cfg.lambda_tv * t["tv"] + cfg.lambda_l2 * t["l2"]
+        t["total"] = cfg.lambda_bn * t["bn"] + cfg.lambda_ce * t["ce"] + cfg.lambda_tv * t["tv"] + cfg.lambda_l2 * t["l2"]
         return t
     t["prior"] = smoothing_prior(x, cfg.blur_sigma)
     total = cfg.lambda_prior * t["prior"]
