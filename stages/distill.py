@@ -16,6 +16,7 @@ from stages.core.artifacts import atomic_dir, library_versions, load_tensors, re
 from stages.core.checkpoints import load_model
 from stages.core.distributed import relaunch, setup
 from stages.core.kd import distill
+from stages.core.models import ARCH_CARD_FIELDS
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves
 from stages.core.pruning import apply_masks, global_sparsity, make_permanent
@@ -65,6 +66,7 @@ def main() -> None:
     card = {
         "kind": "student",
         **{k: pcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
+        **{k: pcard[k] for k in ARCH_CARD_FIELDS if k in pcard},
         **{k: pcard[k] for k in ("structure", "quantization") if pcard.get(k)},
         "prune_method": pcard.get("method", "l1_unstructured"),
         "data_free": bool(scard.get("data_free", True)),

@@ -12,7 +12,7 @@ import pandas as pd
 
 from stages.core.artifacts import atomic_dir, save_model, save_tensors, sha256_file, write_json
 from stages.core.checkpoints import load_model
-from stages.core.models import layer_structure
+from stages.core.models import ARCH_CARD_FIELDS, layer_structure
 from stages.core.params import as_dict, load_params
 from stages.core.plots import bars
 from stages.core.pruning import (
@@ -41,7 +41,7 @@ def main() -> None:
         try:
             prune_structured(model, cfg.structured_target, cfg.structured_amount, cfg.structured_scope, shape, cfg.round_to)
         except ValueError as e:
-            raise StageError(f"prune.structured_amount = {cfg.structured_amount}: {e}") from e
+            raise StageError(f"prune.method = structured, structured_amount = {cfg.structured_amount}: {e}") from e
     else:
         if cfg.scope == "global" and cfg.min_density > 1 - cfg.sparsity:
             raise StageError(
@@ -61,6 +61,7 @@ def main() -> None:
     card = {
         "kind": "pruned",
         **{k: tcard[k] for k in ("arch", "num_classes", "classes", "in_channels", "input_shape", "normalization")},
+        **{k: tcard[k] for k in ARCH_CARD_FIELDS if k in tcard},
         "teacher_sha256": sha256_file(TEACHER / "model.safetensors"),
         "method": cfg.method,
         "sparsity": round(sparsity, 6),

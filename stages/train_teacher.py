@@ -19,7 +19,7 @@ from stages.core.artifacts import atomic_dir, library_versions, read_json, save_
 from stages.core.data import channel_stats, class_names, load_part
 from stages.core.external import check_fits, read_state_dict
 from stages.core.imageops import normalize
-from stages.core.models import build_model
+from stages.core.models import arch_card, build_model, versioned
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 from stages.core.training import accuracy, train_classifier
@@ -27,6 +27,14 @@ from stages.core.training import accuracy, train_classifier
 OUT = Path("models/teacher")
 REPORTS = Path("reports/train_teacher")
 EXTERNAL = Path("models/external")
+
+
+def teacher_model(cfg, num_classes: int, in_channels: int):
+    """The untrained teacher train_teacher.arch + arch_kwargs name; an unknown arch is a StageError."""
+    try:
+        return build_model(cfg.arch, num_classes, in_channels, cfg.arch_kwargs)
+    except ValueError as e:
+        raise StageError(f"train_teacher.arch = {cfg.arch!r}: {e}") from e
 
 
 def train(common, data, cfg) -> tuple:
@@ -38,7 +46,7 @@ def train(common, data, cfg) -> tuple:
         train_set.images, train_set.labels = train_set.images[keep], train_set.labels[keep]
     mean, std = channel_stats(train_set.images)
     x_train, x_val = normalize(train_set.images, mean, std), normalize(val.images, mean, std)
-    model = build_model(cfg.arch, len(train_set.classes), train_set.input_shape[0])
+    model = teacher_model(cfg, len(train_set.classes), train_set.input_shape[0])
     ran = precision.resolve(cfg.precision, device, "train_teacher.precision")
     eval_fn = (lambda m: accuracy(m, x_val, val.labels, 1000, device)) if len(val.labels) else None
     timings = {}
@@ -84,9 +92,9 @@ def import_file(data, cfg) -> tuple:
             "std > 0 - the normalization the teacher was trained with"
         )
     state = read_state_dict(path)
-    model = build_model(cfg.arch, cfg.num_classes, c)
+    model = teacher_model(cfg, cfg.num_classes, c)
     check_fits(model, state, path, cfg.arch)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(versioned(model, state), strict=True)
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *cfg.input_shape))
@@ -120,7 +128,7 @@ def main() -> None:
     source = read_json(Path(data.root) / "SOURCE.json")
     card = {
         "kind": "teacher",
-        "arch": cfg.arch,
+        **arch_card(cfg.arch, cfg.arch_kwargs),
         **card,
         "dataset": data.name,
         "dataset_sha256": sha256_file(Path(data.root) / "SOURCE.json"),

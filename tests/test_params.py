@@ -58,7 +58,7 @@ def test_unknown_section_and_missing_file(tmp_path):
         load_params("prune", path=p)
 
 
-def test_arch_choices_are_the_registry():
+def test_arch_names_are_the_registry():
     from stages.core import models, params
 
     assert params.ARCH_NAMES == models.ARCH_NAMES

@@ -1,6 +1,7 @@
 """Loading a model artifact: rebuild the architecture its card describes, then load the safetensors weights.
 
-The card names the registry arch (``models.build_model``), and, when they apply, the channel
+The card names the arch and its arch_kwargs (``models.build_model``; for custom code also the
+sha256 of its source file, which must not have changed), and, when they apply, the channel
 counts of a channel-pruned model (``structure``), the bit widths of a fake-quantized one
 (``quantization``) and the bit-mask storage of an unstructured-sparse one (``storage``). Nothing
 is unpickled. Kept apart from ``artifacts`` so that the teacher's training stage does not depend
@@ -15,15 +16,21 @@ import torch
 from torch import nn
 
 from .artifacts import load_tensors, read_json, unpack_sparse
-from .models import apply_structure, build_model
+from .models import apply_structure, arch_card, build_model, versioned
 from .quant import quantize_model
 from .runtime import StageError
 
 
 def build_from_card(card: dict, where: Path) -> nn.Module:
-    """The (untrained) architecture a card describes: arch, channel structure, fake-quant layers."""
+    """The (untrained) architecture a card describes: arch + arch_kwargs, channel structure, fake-quant layers."""
     try:
-        model = build_model(card["arch"], card["num_classes"], card["in_channels"])
+        now = arch_card(card["arch"], card.get("arch_kwargs"))
+        if "arch_code_sha256" in now and now["arch_code_sha256"] != card["arch_code_sha256"]:
+            raise StageError(
+                f"{where}: the architecture code {now['arch_code']} changed since the teacher was made "
+                f"(its sha256 differs from arch_code_sha256 in the card): rerun dvc repro"
+            )
+        model = build_model(card["arch"], card["num_classes"], card["in_channels"], card.get("arch_kwargs"))
         if card.get("structure"):
             apply_structure(model, card["structure"])
         if card.get("quantization"):
@@ -47,7 +54,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
         except (KeyError, ValueError) as e:
             raise StageError(f"{folder / 'model.safetensors'}: bad bitmask storage ({e})") from e
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(versioned(model, state), strict=False)
     except RuntimeError as e:  # shape mismatch
         raise StageError(f"{folder / 'model.safetensors'} does not fit the architecture in its card: {str(e)[:400]}") from e
     if result.missing_keys or result.unexpected_keys:

@@ -1,19 +1,34 @@
-"""Architecture registry.
+"""Architectures: the registry, torchvision's classifiers and the user's own code.
 
-Every model is built from plain hyperparameters (arch name, number of classes, input channels)
-so that a checkpoint's card is enough to rebuild it: loading never needs a pickled module.
-``build_model`` is the one entry point; ``ARCH_NAMES`` lists the names it knows.
+Every model is built from plain hyperparameters (arch string, arch_kwargs, number of classes,
+input channels) so that a checkpoint's card is enough to rebuild it: loading never needs a
+pickled module. ``build_model`` is the one entry point; ``resolve_arch`` reads the arch string:
 
-- resnet20/32/44/56: CIFAR ResNets (He et al. 2016; depth 6n+2, 3 stages of 16/32/64 channels)
-  built from torchvision's ``BasicBlock``.
-- resnet18/34/50, mobilenet_v2, vgg16_bn: torchvision's ImageNet models, their stem adapted to
-  32x32 inputs and to the input-channel count; state-dict keys stay torchvision's.
+- a registry name (``ARCH_NAMES``; registry wins on name clashes):
+  - resnet20/32/44/56: CIFAR ResNets (He et al. 2016; depth 6n+2, 3 stages of 16/32/64 channels)
+    built from torchvision's ``BasicBlock``.
+  - resnet18/34/50, mobilenet_v2, vgg16_bn: torchvision's ImageNet models, their stem adapted to
+    32x32 inputs and to the input-channel count; state-dict keys stay torchvision's.
+- ``torchvision:<name>``, or a bare torchvision classification model name outside the registry:
+  torchvision's stock model, stem unchanged; only its first conv is replaced when the input
+  channels differ.
+- ``package.module:callable``: the user's own factory (a class or function returning an
+  nn.Module), imported from the project tree or an installed package; its source file's sha256
+  goes on the card, so a later stage refuses to rebuild from changed code.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torchvision
@@ -64,13 +79,17 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def stem_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
-    """3x3 stride-1 conv replacing an ImageNet stem, initialized like torchvision's convs."""
-    conv = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=bias)
+def init_like_torchvision(conv: nn.Conv2d) -> nn.Conv2d:
+    """torchvision's conv init: kaiming-normal (fan_out, relu) weights, zero bias."""
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if bias:
+    if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
+
+
+def stem_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
+    """3x3 stride-1 conv replacing an ImageNet stem, initialized like torchvision's convs."""
+    return init_like_torchvision(nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=bias))
 
 
 def small_input_resnet(factory: Callable[..., torchvision.models.ResNet], num_classes: int, in_channels: int) -> nn.Module:
@@ -117,11 +136,137 @@ ARCHS: dict[str, Callable[[int, int], nn.Module]] = {
 ARCH_NAMES = tuple(ARCHS)
 
 
-def build_model(arch: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build an untrained model by registry name."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; known: {sorted(ARCHS)}")
-    return ARCHS[arch](num_classes, in_channels)
+ARCH_SYNTAX = f"a registry name ({', '.join(ARCH_NAMES)}), torchvision:<name> (a torchvision classifier) or package.module:callable"
+ARCH_CARD_FIELDS = ("arch_source", "arch_kwargs", "arch_code", "arch_code_sha256")  # with "arch": what rebuilds the architecture
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an arch string names: ``source`` registry | torchvision | custom, ``name`` the registry or torchvision
+    model name or the callable's attribute path, ``module`` the custom code's module."""
+
+    source: str
+    name: str
+    module: str = ""
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (not detection, segmentation, video or quantized ones)."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def resolve_arch(arch: str) -> ArchSpec:
+    """Read an arch string (see the module docstring); ValueError naming what is accepted when it names nothing."""
+    prefix, colon, rest = arch.partition(":")
+    if not colon and arch in ARCHS:
+        return ArchSpec("registry", arch)
+    if (not colon and arch in torchvision_names()) or (prefix == "torchvision" and rest in torchvision_names()):
+        return ArchSpec("torchvision", rest or arch)
+    if colon and prefix != "torchvision" and prefix and rest:
+        custom_source(arch, prefix)  # the module must exist
+        return ArchSpec("custom", rest, prefix)
+    hint = difflib.get_close_matches(rest or arch, [*ARCHS, *torchvision_names()], n=1)
+    raise ValueError(f"unknown arch {arch!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; expected {ARCH_SYNTAX}")
+
+
+def custom_source(arch: str, module: str) -> Path:
+    """The source file of a custom arch's module, found without running the module itself."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as e:  # a parent package is missing
+        raise ValueError(f"arch {arch!r}: cannot find module {module!r} ({e}); expected {ARCH_SYNTAX}") from e
+    if spec is None:
+        raise ValueError(f"arch {arch!r}: no module {module!r} on the path (run from the project root); expected {ARCH_SYNTAX}")
+    if not spec.has_location or not spec.origin or not Path(spec.origin).is_file():
+        raise ValueError(f"arch {arch!r}: module {module!r} has no source file (a namespace package or a built-in module)")
+    return Path(spec.origin)
+
+
+def arch_card(arch: str, arch_kwargs: dict | None = None) -> dict:
+    """The card fields that rebuild ``arch``: arch, arch_source, arch_kwargs and, for custom code, arch_code (the module
+    file, relative to the working directory when inside it) and arch_code_sha256 (that file's sha256)."""
+    spec = resolve_arch(arch)
+    card = {"arch": arch, "arch_source": spec.source, "arch_kwargs": dict(arch_kwargs or {})}
+    if spec.source == "custom":
+        path = custom_source(arch, spec.module).resolve()
+        cwd = Path.cwd().resolve()
+        card["arch_code"] = str(path.relative_to(cwd) if path.is_relative_to(cwd) else path)
+        card["arch_code_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return card
+
+
+def with_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """``model`` whose first Conv2d takes ``in_channels``: when it takes another count, it is replaced by a conv with the
+    same out_channels, kernel, stride, padding, dilation and bias (groups 1), initialized like torchvision's."""
+    name, first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if first is None or first.in_channels == in_channels:
+        return model
+    conv = nn.Conv2d(
+        in_channels,
+        first.out_channels,
+        first.kernel_size,
+        first.stride,
+        first.padding,
+        first.dilation,
+        bias=first.bias is not None,
+        padding_mode=first.padding_mode,
+    )
+    model.set_submodule(name, init_like_torchvision(conv))
+    return model
+
+
+def build_custom(arch: str, spec: ArchSpec, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    """Call the user's factory with ``kwargs``, plus num_classes and in_channels where its signature names them and
+    ``kwargs`` does not."""
+    try:
+        factory = importlib.import_module(spec.module)
+    except ImportError as e:
+        raise ValueError(f"arch {arch!r}: importing {spec.module!r} failed: {e}") from e
+    for part in spec.name.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"arch {arch!r}: module {spec.module!r} has no {spec.name!r}; expected {ARCH_SYNTAX}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ValueError(f"arch {arch!r}: {spec.name} is a {type(factory).__name__}, not a class or function")
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature
+        accepted = {}
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if key in accepted and key not in kwargs:
+            kwargs[key] = value
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"arch {arch!r} with arch_kwargs {kwargs}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"arch {arch!r}: {spec.name}(...) returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, arch_kwargs: dict | None = None) -> nn.Module:
+    """Build an untrained model from an arch string (registry name, ``torchvision:<name>``, ``module:callable``)."""
+    spec = resolve_arch(arch)
+    kwargs = dict(arch_kwargs or {})
+    if spec.source == "registry":
+        if kwargs:
+            raise ValueError(f"arch_kwargs {sorted(kwargs)} apply to torchvision: and module:callable archs, not to registry {arch!r}")
+        return ARCHS[arch](num_classes, in_channels)
+    if spec.source == "torchvision":
+        try:
+            model = torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"arch {arch!r} with arch_kwargs {kwargs}: {e}") from e
+        return with_in_channels(model, in_channels)
+    return build_custom(arch, spec, num_classes, in_channels, kwargs)
+
+
+def versioned(model: nn.Module, state: dict[str, torch.Tensor]) -> OrderedDict:
+    """``state`` tagged with ``model``'s module versions, as ``model.state_dict()`` tags them: a state dict read back from
+    safetensors has none, and some torchvision models (MNASNet) refuse to load without their version."""
+    out = OrderedDict(state)
+    out._metadata = model.state_dict()._metadata
+    return out
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

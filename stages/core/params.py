@@ -20,6 +20,12 @@ import yaml
 
 # the registry's names, kept here so that validating params needs no torch import (tests check they agree)
 ARCH_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "vgg16_bn")
+# the arch syntax (models.resolve_arch checks that the name exists): registry or torchvision name, torchvision:<name>, module:callable
+_NAME = r"[A-Za-z_]\w*"
+ARCH_PATTERN = (
+    rf"(?:torchvision:)?{_NAME}|{_NAME}(?:\.{_NAME})*:{_NAME}(?:\.{_NAME})*",
+    f"a registry name ({', '.join(ARCH_NAMES)}), torchvision:<name> or package.module:callable",
+)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")  # stages/core/precision.py resolves them
@@ -29,8 +35,10 @@ class ParamsError(ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
-def _p(default, lo=None, hi=None, *, lo_open=False, hi_open=False, choices=None, item=None):
-    spec = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "item": item}
+def _p(default, lo=None, hi=None, *, lo_open=False, hi_open=False, choices=None, item=None, pattern=None):
+    spec = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "item": item, "pattern": pattern}
+    if isinstance(default, dict):
+        return field(default_factory=default.copy, metadata=spec)
     return field(default=default, metadata=spec)
 
 
@@ -65,7 +73,8 @@ class TrainTeacher:
     input_shape: list = _p((), item=int)  # source file: [channels, height, width]
     mean: list = _p((), item=float)  # source file: per-channel input normalization the teacher was trained with
     std: list = _p((), item=float)
-    arch: str = _p("resnet20", choices=ARCH_NAMES)
+    arch: str = _p("resnet20", pattern=ARCH_PATTERN)  # registry name, torchvision:<name> or package.module:callable
+    arch_kwargs: dict = _p({})  # torchvision: / module:callable archs: keyword arguments of the model's constructor
     max_train_images: int = _p(0, 0, 10_000_000)  # 0 = the whole training split
     epochs: int = _p(8, 1, 1000)
     batch_size: int = _p(128, 1, 65536)
@@ -206,8 +215,22 @@ def _type_name(t) -> str:
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}[t]
 
 
+SCALARS = (int, float, bool, str)
+
+
 def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
     key = f"{section}.{f.name}"
+    if f.type == "dict":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and (isinstance(v, SCALARS) or isinstance(v, list) and all(isinstance(i, SCALARS) for i in v))
+            for k, v in value.items()
+        )
+        if not ok:
+            raise ParamsError(
+                f"params.yaml: {key} = {value!r} has the wrong type; expected a mapping of names to numbers, true/false, "
+                "strings or lists of them"
+            )
+        return dict(value)
     if f.type == "list":
         item = f.metadata["item"]
         ok = isinstance(value, (list, tuple)) and all(
@@ -237,6 +260,8 @@ def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
         value = float(value)
     if m.get("choices") is not None and value not in m["choices"]:
         raise ParamsError(f"params.yaml: {key} = {value!r} is not allowed; choose one of {list(m['choices'])}")
+    if m.get("pattern") is not None and not re.fullmatch(m["pattern"][0], value):
+        raise ParamsError(f"params.yaml: {key} = {value!r} is not allowed; expected {m['pattern'][1]}")
     lo, hi = m.get("lo"), m.get("hi")
     if lo is not None:
         below = value <= lo if m["lo_open"] else value < lo

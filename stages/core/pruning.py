@@ -9,12 +9,16 @@ Masks travel as their own safetensors file and are re-applied with ``apply_masks
 ``prune_structured`` removes output channels by L1 norm through Torch-Pruning's dependency
 graph, which shrinks the coupled layers together (the next conv's inputs, the BN's affine
 parameters and running statistics, every conv on a residual sum); the model really gets
-smaller and keeps running. The final classifier keeps its outputs.
+smaller and keeps running. The final classifier keeps its outputs. What a pruned model's card
+cannot rebuild (``models.apply_structure`` resizes only Conv2d, Linear and BatchNorm2d, and no
+grouped convs other than depthwise ones), or what Torch-Pruning cannot trace, is one ValueError
+naming the layer (or the model) and its type.
 """
 
 from __future__ import annotations
 
 import math
+import traceback
 
 import torch
 import torch_pruning as tp
@@ -22,10 +26,12 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .cost import macs
-from .models import prunable_layers
+from .models import is_depthwise, prunable_layers
 
 STRUCTURED_STEP = 0.01  # channel fraction removed per Torch-Pruning step while aiming at a MAC target
 MAX_LAYER_RATIO = 0.95  # no layer loses more than this fraction of its channels
+RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # the layer types apply_structure rebuilds at a new size
+UNSUPPORTED = "; use prune.method = l1_unstructured for this arch"
 
 
 def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_density: float = 0.0) -> None:
@@ -117,12 +123,39 @@ def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[i
     return macs(model, input_shape)["macs"], sum(p.numel() for p in model.parameters())
 
 
+def fixed_shapes(model: nn.Module) -> dict[str, tuple[str, list[tuple[int, ...]]]]:
+    """``{layer: (type, shapes of its own parameters and buffers)}`` of every layer apply_structure cannot resize."""
+    return {
+        n: (type(m).__name__, [tuple(t.shape) for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))])
+        for n, m in model.named_modules()
+        if not isinstance(m, RESIZABLE)
+    }
+
+
+def magnitude_pruner(model: nn.Module, example: torch.Tensor, **kwargs) -> tp.pruner.MagnitudePruner:
+    """Torch-Pruning's L1 pruner; its failure to trace the model's channel dependencies becomes one ValueError."""
+    try:
+        return tp.pruner.MagnitudePruner(model, example, **kwargs)
+    except Exception as e:  # raised deep inside the library's graph tracing, of any type
+        where = traceback.extract_tb(e.__traceback__)[-1].name
+        raise ValueError(
+            f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__} ({type(e).__name__} in {where}: {e})"
+            + UNSUPPORTED
+        ) from e
+
+
 def prune_structured(model: nn.Module, target: str, amount: float, scope: str, input_shape: tuple[int, ...], round_to: int = 1) -> dict:
     """Remove channels by L1 magnitude until ``amount`` of the MACs (target ``macs``) or of the prunable
     channels (target ``channels``) is gone; ``scope`` global ranks channels across layers, layerwise
     takes the same fraction from every layer. Kept channel counts are multiples of ``round_to`` (CPU
     kernels run whole vector widths: measured on the default teacher at 50% MACs, layerwise with
     round_to 8 ran 1.47x faster than the teacher at batch 64, any-count 1.34x). Returns a summary."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.groups != 1 and not is_depthwise(m):
+            raise ValueError(
+                f"{name} is a Conv2d with groups={m.groups}: channel pruning rebuilds only plain and depthwise convs" + UNSUPPORTED
+            )
+    fixed = fixed_shapes(model)
     model.eval()
     example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     base_macs, base_params = count_macs_params(model, input_shape)
@@ -136,10 +169,10 @@ def prune_structured(model: nn.Module, target: str, amount: float, scope: str, i
     )
     if target == "channels":
         if amount > 0:
-            tp.pruner.MagnitudePruner(model, example, pruning_ratio=amount, iterative_steps=1, **common).step()
+            magnitude_pruner(model, example, pruning_ratio=amount, iterative_steps=1, **common).step()
     elif target == "macs":
         steps = int(round(MAX_LAYER_RATIO / STRUCTURED_STEP))
-        pruner = tp.pruner.MagnitudePruner(model, example, pruning_ratio=MAX_LAYER_RATIO, iterative_steps=steps, **common)
+        pruner = magnitude_pruner(model, example, pruning_ratio=MAX_LAYER_RATIO, iterative_steps=steps, **common)
         for _ in range(steps):
             if count_macs_params(model, input_shape)[0] <= (1 - amount) * base_macs:
                 break
@@ -148,5 +181,10 @@ def prune_structured(model: nn.Module, target: str, amount: float, scope: str, i
             raise ValueError(f"cannot remove {amount:.0%} of the MACs with at most {MAX_LAYER_RATIO:.0%} of each layer's channels")
     else:
         raise ValueError(f"unknown structured pruning target {target!r}")
+    for name, (kind, shapes) in fixed_shapes(model).items():
+        if shapes != fixed[name][1]:
+            raise ValueError(
+                f"{name} is a {kind}: channel pruning resized it, and only Conv2d, Linear and BatchNorm2d can be rebuilt" + UNSUPPORTED
+            )
     macs, params = count_macs_params(model, input_shape)
     return {"macs_before": base_macs, "macs_after": macs, "params_before": base_params, "params_after": params}
