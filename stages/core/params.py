@@ -101,7 +101,7 @@ class Synthesize:
     lr: float = _p(0.6, 0.0, 100.0, lo_open=True)
     # deepinversion's BN term: normalized (scale-free, the same weight fits any teacher) | l2 (the paper's sum of norms)
     bn_loss: str = _p("normalized", choices=("normalized", "l2"))
-    lambda_bn: float = _p(1.0, 0.0, 1e6)
+    lambda_bn: float = _p(10.0, 0.0, 1e6)
     lambda_ce: float = _p(1.0, 0.0, 1e6)
     lambda_tv: float = _p(1e-5, 0.0, 1e6)
     lambda_l2: float = _p(0.0, 0.0, 1e6)
