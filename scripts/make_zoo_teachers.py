@@ -36,11 +36,8 @@ from stages.core.training import accuracy, train_classifier  # noqa: E402
 
 OUT = Path("models/external/zoo")
 # name -> how the user built and trained it: arch (train_teacher.arch syntax), input shape, training images, epochs
+# (cheapest first: `compare queue zoo` runs them in this order)
 ZOO = {
-    "resnet18_cifar_stem": {"arch": "resnet18", "input_shape": [1, 28, 28], "train_images": 8000, "epochs": 1},
-    "tv_resnet18": {"arch": "torchvision:resnet18", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
-    "mobilenet_v2": {"arch": "mobilenet_v2", "input_shape": [1, 28, 28], "train_images": 20000, "epochs": 1},
-    "tv_regnet_x_400mf": {"arch": "torchvision:regnet_x_400mf", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
     "custom_tinybnnet": {
         "arch": "models.external.example_nets:TinyBNNet",
         "arch_kwargs": {"width": 32},
@@ -48,6 +45,11 @@ ZOO = {
         "train_images": 54000,
         "epochs": 2,
     },
+    "tv_shufflenet_v2_x0_5": {"arch": "torchvision:shufflenet_v2_x0_5", "input_shape": [1, 32, 32], "train_images": 54000, "epochs": 2},
+    "tv_regnet_x_400mf": {"arch": "torchvision:regnet_x_400mf", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
+    "tv_resnet18": {"arch": "torchvision:resnet18", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
+    "mobilenet_v2": {"arch": "mobilenet_v2", "input_shape": [1, 28, 28], "train_images": 20000, "epochs": 1},
+    "resnet18_cifar_stem": {"arch": "resnet18", "input_shape": [1, 28, 28], "train_images": 8000, "epochs": 1},
 }
 RECIPE = {"batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0, "max_shift": 2, "flip": True}
 BN_IMAGES = 5000

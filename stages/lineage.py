@@ -166,8 +166,8 @@ def lineage(root: Path, artifact: str) -> dict:
                     k: v
                     for k, v in card.items()
                     if k.endswith("_sha256")
-                    or k in ("kind", "method", "n_images", "test_accuracy", "sparsity", "macs_reduction", "transfer_set")
-                    or k in ("dataset", "dataset_source", "source", "file")
+                    or k in ("kind", "method", "n_images", "val_accuracy", "sparsity", "macs_reduction", "transfer_set")
+                    or k in ("dataset", "dataset_source", "source", "file", "arch", "arch_source", "arch_code", "precision")
                 }
                 if card.get("quantization"):
                     q = card["quantization"]

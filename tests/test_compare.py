@@ -169,3 +169,33 @@ def test_no_tuning_script_reads_the_test_split():
     for f in [*(ROOT / "scripts").glob("*.py"), ROOT / "stages/compare.py"]:
         text = f.read_text()
         assert "train=False" not in text and '"test"' not in text.replace('"test" split', ""), f"{f.name} reads the test split"
+
+
+def test_zoo_settings_bring_each_teacher_in_as_made_and_the_table_checks_the_gap(tmp_path, monkeypatch):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    t = {"arch": "torchvision:resnet18", "arch_kwargs": {}, "num_classes": 10, "input_shape": [1, 32, 32], "mean": [0.3], "std": [0.35]}
+    (zoo / "zoo.json").write_text(json.dumps({"tv_resnet18": {**t, "file": "models/external/zoo/tv_resnet18-0123abcd.safetensors"}}))
+    monkeypatch.setattr(compare, "ZOO_DIR", zoo)
+    sets = compare.sweep_settings("zoo")["tv_resnet18"]
+    assert "train_teacher.source=file" in sets and "train_teacher.input_shape=[1, 32, 32]" in sets
+    assert "train_teacher.file=models/external/zoo/tv_resnet18-0123abcd.safetensors" in sets
+    assert not any(s.startswith(("synthesize.", "prune.", "distill.")) for s in sets)  # no per-teacher recipe
+
+    def run(name, teacher, student, agreement):
+        e = exp(name, student, pruned=0.5)
+        m = e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]
+        m["teacher"]["accuracy"], m["synthetic"], m["wall_s"] = (
+            teacher,
+            {"teacher_agreement": agreement},
+            {"synthesize": 60, "distill": 100},
+        )
+        return e
+
+    doc = [{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": [
+        run("zoo--good--seed0", 0.90, 0.895, 0.99), run("zoo--far--seed0", 0.90, 0.85, 0.5), exp("zoo--broken--seed0", None)]}]  # fmt: skip
+    runs = compare.runs_table(doc)
+    table = compare.zoo_table(compare.summarize(runs), runs)
+    assert "| good | 90.00% | 50.00% | 89.50% | 0.50 | yes | 99.0% | 60 | 100 |" in table
+    assert "| far | 90.00% | 50.00% | 85.00% | 5.00 | **no** | 50.0% |" in table
+    assert "Runs without metrics (failed or not run): broken." in table
