@@ -35,7 +35,7 @@ from stages.core.params import load_params  # noqa: E402
 from stages.core.training import accuracy, train_classifier  # noqa: E402
 
 OUT = Path("models/external/zoo")
-# name -> how the user built and trained it: arch (train_teacher.arch syntax), input shape, training images, epochs
+# name -> how the user built and trained it: arch (train_teacher.arch syntax), input shape, training images, epochs, lr
 # (cheapest first: `compare queue zoo` runs them in this order)
 ZOO = {
     "custom_tinybnnet": {
@@ -46,7 +46,8 @@ ZOO = {
         "epochs": 2,
     },
     "tv_shufflenet_v2_x0_5": {"arch": "torchvision:shufflenet_v2_x0_5", "input_shape": [1, 32, 32], "train_images": 54000, "epochs": 2},
-    "tv_regnet_x_400mf": {"arch": "torchvision:regnet_x_400mf", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
+    # lr 0.05 diverged on RegNet (train loss 3.8 after one epoch, validation 24%): its user would lower it
+    "tv_regnet_x_400mf": {"arch": "torchvision:regnet_x_400mf", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 2, "lr": 0.01},
     "tv_resnet18": {"arch": "torchvision:resnet18", "input_shape": [1, 32, 32], "train_images": 30000, "epochs": 1},
     "mobilenet_v2": {"arch": "mobilenet_v2", "input_shape": [1, 28, 28], "train_images": 20000, "epochs": 1},
     "resnet18_cifar_stem": {"arch": "resnet18", "input_shape": [1, 28, 28], "train_images": 8000, "epochs": 1},
@@ -64,7 +65,7 @@ def make(name: str, spec: dict, train, val, device: torch.device) -> dict:
     x_val = normalize(fit_to_input(val.images, shape), mean, std)
     model = build_model(spec["arch"], len(train.classes), shape[0], spec.get("arch_kwargs"))
     ran = precision.resolve("auto", device, "zoo training")
-    cfg = SimpleNamespace(epochs=spec["epochs"], **RECIPE)
+    cfg = SimpleNamespace(**{**RECIPE, "lr": spec.get("lr", RECIPE["lr"])}, epochs=spec["epochs"])
     t0 = time.perf_counter()
     train_classifier(model, x, y, cfg, device, seed=0, precision=ran)
     recalibrate_bn(model, x[:BN_IMAGES].contiguous(), 256, device)
@@ -90,6 +91,7 @@ def make(name: str, spec: dict, train, val, device: torch.device) -> dict:
         "sha256": digest,
         "train_images": len(y),
         "epochs": spec["epochs"],
+        "lr": cfg.lr,
         "val_accuracy": val_acc,
         "train_s": round(seconds, 1),
         "precision": ran,

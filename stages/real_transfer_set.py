@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, read_json, save_tensors, sha256_file, write_json
-from stages.core.data import has_split, load_part
+from stages.core.data import fit_to_input, has_split, load_part
 from stages.core.imageops import normalize
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage, seed_everything
@@ -44,7 +44,7 @@ def main() -> None:
     train = load_part(data.name, data.root, "train", data.val_fraction)  # the teacher's training images, not the validation ones
     idx = balanced_sample(train.labels, n, tcard["num_classes"], torch.Generator().manual_seed(common.seed))
     norm = tcard["normalization"]
-    images = normalize(train.images[idx], norm["mean"], norm["std"]).half()
+    images = normalize(fit_to_input(train.images[idx], tcard["input_shape"]), norm["mean"], norm["std"]).half()
     card = {
         "kind": "transfer_set",
         "source": "real",
