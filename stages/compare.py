@@ -173,13 +173,18 @@ def zoo_settings() -> dict[str, list[str]]:
             "train_teacher.source=file",
             f"train_teacher.file={t['file']}",
             f"train_teacher.arch={t['arch']}",
-            f"train_teacher.arch_kwargs={json.dumps(t.get('arch_kwargs') or {})}",
+            f"++train_teacher.arch_kwargs={hydra_dict(t.get('arch_kwargs') or {})}",  # ++: Hydra adds keys to the {} default
             f"train_teacher.num_classes={t['num_classes']}",
             f"train_teacher.input_shape={json.dumps(t['input_shape'])}",
             f"train_teacher.mean={json.dumps(t['mean'])}",
             f"train_teacher.std={json.dumps(t['std'])}",
         ]
     return out
+
+
+def hydra_dict(d: dict) -> str:
+    """A mapping as `dvc exp run -S` takes it (Hydra's override grammar: bare keys, JSON scalars and lists)."""
+    return "{" + ",".join(f"{k}:{json.dumps(v)}" for k, v in d.items()) + "}"
 
 
 def sweep_settings(sweep: str) -> dict[str, list[str]]:
