@@ -17,6 +17,7 @@ from stages.core.params import as_dict, load_params
 from stages.core.plots import bars
 from stages.core.pruning import (
     count_macs_params,
+    effective_floor,
     global_sparsity,
     make_permanent,
     masks_of,
@@ -43,11 +44,6 @@ def main() -> None:
         except ValueError as e:
             raise StageError(f"prune.method = structured, structured_amount = {cfg.structured_amount}: {e}") from e
     else:
-        if cfg.scope == "global" and cfg.min_density > 1 - cfg.sparsity:
-            raise StageError(
-                f"prune.min_density = {cfg.min_density} cannot hold at prune.sparsity = {cfg.sparsity}: every layer would keep more "
-                f"than the {1 - cfg.sparsity:.0%} of weights the sparsity leaves; lower min_density (0 = plain global L1)"
-            )
         prune_l1_unstructured(model, cfg.sparsity, cfg.scope, cfg.min_density)
     masks = masks_of(model) if cfg.method == "l1_unstructured" else None
     make_permanent(model)
@@ -93,6 +89,7 @@ def main() -> None:
                 "params_reduction": 1 - params / params_before,
                 # the layer pruning left the fewest weights in (plain global L1 can empty one)
                 "min_layer_density": float(1 - df.sparsity.max()),
+                "layer_floor": effective_floor(cfg.sparsity, cfg.min_density) if cfg.scope == "global" else None,
                 "emptiest_layer": df.layer[df.sparsity.idxmax()],
             },
         )

@@ -203,7 +203,7 @@ def test_pickle_that_would_run_code_is_refused_by_the_stage(byo):
     set_params(byo, train_teacher={"file": "/tmp/outside.pt"})
     r = run_teacher_stage(byo)
     assert r.returncode != 0 and "must lie under models/external/" in r.stderr
-    set_params(byo, train_teacher={"file": "models/external/resnet18_fmnist.pt"})
+    set_params(byo, train_teacher={"file": "models/external/resnet18_fmnist.pt", "arch": "torchvision:resnet18"})
     assert ran(dvc(byo, "repro")) == {"train_teacher"}  # models/external changed (evil.pt): DVC noticed
     (byo / "models/external/evil.pt").unlink()
     assert ran(dvc(byo, "repro")) <= {"train_teacher"}  # back (maybe from the run cache); nothing after the teacher

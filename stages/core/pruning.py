@@ -37,13 +37,15 @@ UNSUPPORTED = "; use prune.method = l1_unstructured for this arch"
 def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_density: float = 0.0) -> None:
     """Zero the smallest-|w| fraction ``sparsity`` of conv+linear weights, globally or per layer.
 
-    ``min_density`` > 0 (global scope) guards every layer: each keeps at least that fraction of its weights
+    ``min_density`` > 0 (global scope) guards every layer: each keeps at least that fraction of its weights (capped
+    at half the average density, ``effective_floor``)
     (its largest ones), and the rest of the budget goes to the largest remaining weights across all layers,
     so the overall sparsity is still ``sparsity``. Plain global L1 (``min_density`` 0) ranks all weights
     together and can empty a small or depthwise layer."""
     layers = [m for _, m in prunable_layers(model)]
     if scope == "global" and min_density > 0:
-        for m, mask in zip(layers, guarded_global_masks([m.weight for m in layers], sparsity, min_density)):
+        floor = effective_floor(sparsity, min_density)
+        for m, mask in zip(layers, guarded_global_masks([m.weight for m in layers], sparsity, floor)):
             prune.custom_from_mask(m, "weight", mask)
     elif scope == "global":
         prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity)
@@ -52,6 +54,12 @@ def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_den
             prune.l1_unstructured(m, "weight", amount=sparsity)
     else:
         raise ValueError(f"unknown pruning scope {scope!r}")
+
+
+def effective_floor(sparsity: float, min_density: float) -> float:
+    """The per-layer floor actually used: ``min_density``, capped at half the average density ``1 - sparsity`` so that
+    any sparsity below 1 stays reachable (at 75% the default 0.1 holds; at 90% it becomes 0.05)."""
+    return min(min_density, 0.5 * (1 - sparsity))
 
 
 def guarded_global_masks(weights: list[torch.Tensor], sparsity: float, min_density: float) -> list[torch.Tensor]:
