@@ -148,6 +148,8 @@ SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16"
 # through train_teacher.source = file with the default pipeline and no per-teacher setting; the settings come from its
 # manifest at queue time, and each experiment gets the (git- and dvc-ignored) zoo folder copied in
 ZOO_DIR = Path("models/external/zoo")
+# the zoo under one changed setting, the same teachers: a lever measured on every architecture at once
+ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"], "zoo_lamp": ["prune.ranking=lamp"]}
 ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
@@ -162,8 +164,9 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
 }
 
 
-def zoo_settings() -> dict[str, list[str]]:
-    """One setting per teacher of the zoo manifest: bring it in as it was made (arch, shape, normalization), nothing else."""
+def zoo_settings(extra: list[str] = ()) -> dict[str, list[str]]:
+    """One setting per teacher of the zoo manifest: bring it in as it was made (arch, shape, normalization), plus
+    ``extra`` (a ZOO_VARIANTS lever), nothing else."""
     manifest = ZOO_DIR / "zoo.json"
     if not manifest.is_file():
         raise StageError(f"{manifest} not found: make the zoo first (dvc repro prepare_data && python scripts/make_zoo_teachers.py)")
@@ -178,6 +181,7 @@ def zoo_settings() -> dict[str, list[str]]:
             f"train_teacher.input_shape={json.dumps(t['input_shape'])}",
             f"train_teacher.mean={json.dumps(t['mean'])}",
             f"train_teacher.std={json.dumps(t['std'])}",
+            *extra,
         ]
     return out
 
@@ -188,7 +192,7 @@ def hydra_dict(d: dict) -> str:
 
 
 def sweep_settings(sweep: str) -> dict[str, list[str]]:
-    return zoo_settings() if sweep == "zoo" else SWEEPS[sweep]
+    return zoo_settings(ZOO_VARIANTS[sweep]) if sweep in ZOO_VARIANTS else SWEEPS[sweep]
 
 
 def dvc(*args: str) -> str:
@@ -203,7 +207,7 @@ def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str]
     unknown = sorted(set(settings or []) - set(sweeps))
     if unknown:
         raise StageError(f"--settings: {unknown} not in sweep {sweep!r} (has {list(sweeps)})")
-    copy = ["--copy-paths", str(ZOO_DIR)] if sweep == "zoo" else []
+    copy = ["--copy-paths", str(ZOO_DIR)] if sweep in ZOO_VARIANTS else []
     for setting, sets in sweeps.items():
         if settings and setting not in settings:
             continue
@@ -262,7 +266,7 @@ def runs_table(doc) -> pd.DataFrame:
     if df.empty:
         return df
     df[["sweep", "setting", "seed"]] = df["name"].str.split("--", expand=True)
-    df = df[df["sweep"].isin([*SWEEPS, "zoo"])]
+    df = df[df["sweep"].isin([*SWEEPS, *ZOO_VARIANTS])]
     df["seed"] = df["seed"].str.removeprefix("seed").astype(int)
     df["data_free"] = df.get("metrics.data_free", pd.Series(True, index=df.index)).fillna(True)
     return df.reset_index(drop=True)
@@ -479,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m stages.compare", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("queue", help="queue one sweep as DVC experiments")
-    q.add_argument("sweep", choices=sorted([*SWEEPS, "zoo"]))
+    q.add_argument("sweep", choices=sorted([*SWEEPS, *ZOO_VARIANTS]))
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--settings", nargs="+", help="queue only these settings of the sweep (default: all)")
     q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")

@@ -44,7 +44,7 @@ def main() -> None:
         except ValueError as e:
             raise StageError(f"prune.method = structured, structured_amount = {cfg.structured_amount}: {e}") from e
     else:
-        prune_l1_unstructured(model, cfg.sparsity, cfg.scope, cfg.min_density)
+        prune_l1_unstructured(model, cfg.sparsity, cfg.scope, cfg.min_density, cfg.ranking)
     masks = masks_of(model) if cfg.method == "l1_unstructured" else None
     make_permanent(model)
     macs, params = count_macs_params(model, shape)
@@ -91,19 +91,23 @@ def main() -> None:
                 "min_layer_density": float(1 - df.sparsity.max()),
                 "layer_floor": effective_floor(cfg.sparsity, cfg.min_density) if cfg.scope == "global" else None,
                 "emptiest_layer": df.layer[df.sparsity.idxmax()],
+                "ranking": cfg.ranking if cfg.method == "l1_unstructured" and cfg.scope == "global" else None,
             },
         )
         if cfg.method == "structured":
             values, title, label = list(df.channels_kept), f"output channels kept per layer ({reduction:.1%} fewer MACs)", "kept"
         else:
-            values, title, label = list(df.sparsity), f"per-layer sparsity ({scope_label(cfg)} L1, {sparsity:.1%} overall)", "sparsity"
+            values, title, label = list(df.sparsity), f"per-layer sparsity ({scope_label(cfg)}, {sparsity:.1%} overall)", "sparsity"
         bars(list(df.layer), values, tmp / "sparsity.png", title, label, horizontal=True)
     scope = cfg.structured_scope if cfg.method == "structured" else cfg.scope
     print(f"pruned ({cfg.method}, {scope}): sparsity {sparsity:.4f}, MACs {macs_before:,} -> {macs:,} ({reduction:.1%} fewer)")
 
 
 def scope_label(cfg) -> str:
-    return f"global, min density {cfg.min_density:g}" if cfg.scope == "global" and cfg.min_density > 0 else cfg.scope
+    if cfg.scope != "global":
+        return cfg.scope
+    ranking = "LAMP-ranked" if cfg.ranking == "lamp" else "L1"
+    return f"global {ranking}" + (f", min density {cfg.min_density:g}" if cfg.min_density > 0 else "")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from torch import nn
 from stages.core.artifacts import save_model
 from stages.core.checkpoints import load_model
 from stages.core.models import apply_structure, arch_card, build_model, layer_structure, prunable_layers, resolve_arch
-from stages.core.params import ParamsError, parse_section
+from stages.core.params import ParamsError, section_with
 from stages.core.pruning import global_sparsity, make_permanent, prune_l1_unstructured, prune_structured
 from stages.core.quant import layer_bits, quant_layers, quantize_model
 from stages.core.runtime import StageError
@@ -148,16 +148,16 @@ def test_registry_card_without_new_fields_still_loads(tmp_path):
 
 def test_params_arch_syntax_and_arch_kwargs_types():
     for arch in ("resnet20", "regnet_x_400mf", "torchvision:resnet18", EXAMPLE, "pkg:make.model"):
-        assert parse_section("train_teacher", {"arch": arch}).arch == arch
-    cfg = parse_section("train_teacher", {"arch_kwargs": {"width": 8, "p": 0.1, "bn": True, "act": "relu", "sizes": [1, 2]}})
+        assert section_with("train_teacher", **{"arch": arch}).arch == arch
+    cfg = section_with("train_teacher", **{"arch_kwargs": {"width": 8, "p": 0.1, "bn": True, "act": "relu", "sizes": [1, 2]}})
     assert cfg.arch_kwargs == {"width": 8, "p": 0.1, "bn": True, "act": "relu", "sizes": [1, 2]}
-    assert parse_section("train_teacher", {}).arch_kwargs == {}
+    assert section_with("train_teacher").arch_kwargs == {}
     for bad in ("torchvision:", "pkg:", ":Net", "res net", "a:b:c", "torchvision:re-snet", 5):
         with pytest.raises(ParamsError, match="train_teacher.arch"):
-            parse_section("train_teacher", {"arch": bad})
+            section_with("train_teacher", **{"arch": bad})
     for bad in ([1, 2], {"w": {"x": 1}}, {"w": None}, {1: 2}, {"w": [[1]]}, "width=8"):
         with pytest.raises(ParamsError, match="train_teacher.arch_kwargs .* wrong type"):
-            parse_section("train_teacher", {"arch_kwargs": bad})
+            section_with("train_teacher", **{"arch_kwargs": bad})
 
 
 def with_bn_stats(model, shape):

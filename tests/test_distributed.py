@@ -1,14 +1,12 @@
 """Sharded synthesis (torchrun ranks), shard merging and the synthesis speed levers, on a toy net in one process."""
 
-import dataclasses
-
 import pytest
 import torch
 
 from stages.core.bn import running_stats, with_input_target
 from stages.core.distributed import Context, asdict_row, merge_shards
 from stages.core.inversion import invert_batch, plateaued, synthesize_set, warm_init
-from stages.core.params import Synthesize
+from stages.core.params import section_with
 
 BOUNDS = (torch.full((1, 1, 1, 1), -5.0), torch.full((1, 1, 1, 1), 5.0))
 SHAPE = (1, 8, 8)
@@ -16,7 +14,7 @@ SHAPE = (1, 8, 8)
 
 def cfg(**kw):
     base = dict(n_images=30, batch_size=6, iterations=8, lr=0.1, max_shift=1, flip=True)
-    return dataclasses.replace(Synthesize(), **(base | kw))
+    return section_with("synthesize", **(base | kw))
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,14 @@
-import dataclasses
-
 import pytest
 import torch
 
 from stages.core.bn import running_stats, with_input_target
 from stages.core.inversion import METHOD_TERMS, METHODS, balanced_targets, inception_loss, invert_batch, synthesize_set, tv_l2
-from stages.core.params import Synthesize
+from stages.core.params import Synthesize, section_with
 
 
 def cfg(**kw):
     base = dict(n_images=12, batch_size=6, iterations=60, lr=0.1, lambda_tv=1e-4, max_shift=1, flip=True)
-    return dataclasses.replace(Synthesize(), **(base | kw))
+    return section_with("synthesize", **(base | kw))
 
 
 BOUNDS = (torch.full((1, 1, 1, 1), -5.0), torch.full((1, 1, 1, 1), 5.0))
@@ -28,8 +26,7 @@ def test_tv_zero_for_constant_image():
 
 
 def test_params_offer_exactly_the_implemented_methods():
-    field = next(f for f in dataclasses.fields(Synthesize) if f.name == "method")
-    assert tuple(field.metadata["choices"]) == METHODS
+    assert Synthesize.model_fields["method"].annotation.__args__ == METHODS
 
 
 def test_inception_loss_falls_as_target_logit_rises():

@@ -1,11 +1,12 @@
 import pytest
+import yaml
 
-from stages.core.params import SECTIONS, ParamsError, load_params, parse_section
+from stages.core.params import SECTIONS, ParamsError, load_params, parse_section, section_with, shipped
 
 
 def test_defaults_validate():
     for name in SECTIONS:
-        parse_section(name, {})
+        section_with(name)
 
 
 def test_repo_params_yaml_is_valid():
@@ -36,14 +37,14 @@ def test_repo_params_yaml_is_valid():
 )
 def test_bad_values_name_key_and_range(section, raw, words):
     with pytest.raises(ParamsError) as e:
-        parse_section(section, raw)
+        section_with(section, **raw)
     for w in words:
         assert w in str(e.value)
 
 
 def test_int_accepted_for_float():
-    assert parse_section("distill", {"lr": 1}).lr == 1.0
-    assert isinstance(parse_section("distill", {"lr": 1}).lr, float)
+    assert section_with("distill", **{"lr": 1}).lr == 1.0
+    assert isinstance(section_with("distill", **{"lr": 1}).lr, float)
 
 
 def test_unknown_section_and_missing_file(tmp_path):
@@ -65,20 +66,58 @@ def test_arch_names_are_the_registry():
 
 
 def test_list_params_checked_by_item_type():
-    cfg = parse_section("train_teacher", {"input_shape": [3, 32, 32], "mean": [0.5, 1]})
-    assert cfg.input_shape == (3, 32, 32) and cfg.mean == (0.5, 1.0)
+    cfg = section_with("train_teacher", **{"input_shape": [3, 32, 32], "mean": [0.5, 1]})
+    assert cfg.input_shape == [3, 32, 32] and cfg.mean == [0.5, 1.0] and isinstance(cfg.mean[1], float)
     with pytest.raises(ParamsError, match="train_teacher.input_shape .* expected a list of integers"):
-        parse_section("train_teacher", {"input_shape": [3.5, 32, 32]})
+        section_with("train_teacher", **{"input_shape": [3.5, 32, 32]})
     with pytest.raises(ParamsError, match="train_teacher.std .* expected a list of numbers"):
-        parse_section("train_teacher", {"std": "0.3"})
+        section_with("train_teacher", **{"std": "0.3"})
 
 
 def test_exponent_floats_as_dvc_writes_them(tmp_path):
     """`dvc exp run -S synthesize.lambda_tv=0.00001` writes `lambda_tv: 1e-05` (YAML 1.2); YAML 1.1 would read a string."""
     p = tmp_path / "params.yaml"
-    p.write_text("synthesize:\n  lambda_tv: 1e-05\n  lambda_bn: 1E+1\n")
+    kept = {k: v for k, v in shipped("synthesize").items() if k not in ("lambda_tv", "lambda_bn", "n_images")}
+    rest = yaml.safe_dump({"synthesize": kept})
+    p.write_text(rest + "  lambda_tv: 1e-05\n  lambda_bn: 1E+1\n  n_images: 256\n")
     cfg = load_params("synthesize", path=p)["synthesize"]
     assert cfg.lambda_tv == 1e-05 and cfg.lambda_bn == 10.0
-    p.write_text("synthesize:\n  n_images: 1e3\n")  # an exponent is a float: an int key still refuses it, naming the key
+    # an exponent is a float: an int key still refuses it, naming the key
+    p.write_text(rest + "  lambda_tv: 1e-05\n  lambda_bn: 1E+1\n  n_images: 1e3\n")
     with pytest.raises(ParamsError, match="synthesize.n_images"):
+        load_params("synthesize", path=p)
+
+
+def test_one_source_of_defaults_every_key_required():
+    """The schema holds no defaults: params.yaml is the only place a default lives, and a partial section is refused
+    (before, the dataclasses said 8 teacher epochs, 1024 x 200 synthesis and 40 distill epochs while params.yaml said
+    2, 256 x 160 and 160, and a partial section silently took the stale ones)."""
+    for name, cls in SECTIONS.items():
+        assert all(f.is_required() for f in cls.model_fields.values()), name
+        assert sorted(shipped(name)) == sorted(cls.model_fields), name
+    raw = shipped("synthesize")
+    del raw["n_images"]
+    with pytest.raises(ParamsError, match=r"^params.yaml: synthesize.n_images is missing"):
+        parse_section("synthesize", raw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_refused_naming_the_key(bad):
+    """YAML's .nan passes every range comparison (NaN < lo and NaN > hi are both False): it must be refused by name."""
+    for name, cls in SECTIONS.items():
+        for key, f in cls.model_fields.items():
+            if f.annotation is float:
+                with pytest.raises(ParamsError, match=rf"^params.yaml: {name}.{key} = {bad!r} is not a finite number"):
+                    section_with(name, **{key: bad})
+    with pytest.raises(ParamsError, match="train_teacher.mean"):
+        section_with("train_teacher", mean=[0.5, bad])
+    with pytest.raises(ParamsError, match="train_teacher.arch_kwargs"):
+        section_with("train_teacher", arch_kwargs={"p": bad})
+
+
+def test_yaml_nan_in_a_file_is_refused(tmp_path):
+    p = tmp_path / "params.yaml"
+    rest = {k: v for k, v in shipped("synthesize").items() if k != "lambda_bn"}
+    p.write_text(yaml.safe_dump({"synthesize": rest}) + "  lambda_bn: .nan\n")
+    with pytest.raises(ParamsError, match=r"synthesize.lambda_bn = nan is not a finite number"):
         load_params("synthesize", path=p)

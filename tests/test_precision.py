@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.core import precision
-from stages.core.params import parse_section
+from stages.core.params import section_with
 
 CPU = torch.device("cpu")
 
@@ -53,9 +53,9 @@ def test_autocast_really_runs_bfloat16_only_when_resolved_so():
 
 
 def test_params_default_to_auto_and_reject_other_values():
-    assert parse_section("train_teacher", {}).precision == "auto"
-    assert parse_section("synthesize", {}).precision == "auto"
+    assert section_with("train_teacher").precision == "auto"
+    assert section_with("synthesize").precision == "auto"
     with pytest.raises(ValueError, match="train_teacher.precision"):
-        parse_section("train_teacher", {"precision": "fp16"})
+        section_with("train_teacher", **{"precision": "fp16"})
     with pytest.raises(ValueError, match="unknown key train_teacher.bf16"):
-        parse_section("train_teacher", {"bf16": True})
+        section_with("train_teacher", **{"bf16": True})

@@ -88,3 +88,32 @@ def test_min_density_is_exact_on_a_real_model_and_plain_global_matches_torch():
     prune_l1_unstructured(a, 0.75, "global", min_density=0.0)  # torch.nn.utils.prune.global_unstructured
     masks = guarded_global_masks([layer.weight for _, layer in prunable_layers(b)], 0.75, 0.0)
     assert all(torch.equal(layer.weight_mask.bool(), mk) for (_, layer), mk in zip(prunable_layers(a), masks))
+
+
+def test_lamp_scores_by_hand_and_allocation_differs_from_global_l1():
+    """LAMP (Lee et al. 2021): score(u) = w_u^2 / sum_{v >= u} w_v^2 over a layer's weights sorted by |w|.
+    A = [1, -2, 3]: squares 1, 4, 9, tails 14, 13, 9 -> 1/14, 4/13, 1. B = four 10s: 1/4, 1/3, 1/2, 1 (ties in any
+    order). Keeping 4 of 7: global L1 keeps B whole and empties A; LAMP keeps A's 3 and three of B's weights."""
+    from stages.core.pruning import guarded_global_masks, lamp_scores
+
+    a, b = torch.tensor([1.0, -2.0, 3.0]), torch.full((4,), 10.0)
+    sa, sb = lamp_scores([a, b])
+    assert torch.allclose(sa, torch.tensor([1 / 14, 4 / 13, 1.0], dtype=torch.float64))
+    assert sorted(sb.tolist()) == pytest.approx([1 / 4, 1 / 3, 1 / 2, 1.0])
+    l1 = guarded_global_masks([a, b], 3 / 7, 0.0)
+    assert l1[0].tolist() == [False, False, False] and l1[1].all()
+    lamp = guarded_global_masks([a, b], 3 / 7, 0.0, lamp_scores([a, b]))
+    assert lamp[0].tolist() == [False, False, True] and int(lamp[1].sum()) == 3
+
+
+def test_lamp_ranking_on_a_model_keeps_the_overall_sparsity_and_every_layer():
+    from stages.core.models import build_model, prunable_layers
+    from stages.core.pruning import global_sparsity, make_permanent, prune_l1_unstructured
+
+    m = build_model("mobilenet_v2", 10, 1)
+    prune_l1_unstructured(m, 0.75, "global", min_density=0.0, ranking="lamp")
+    make_permanent(m)
+    assert global_sparsity(m) == pytest.approx(0.75, abs=1e-6)
+    assert all(int((layer.weight != 0).sum()) >= 1 for _, layer in prunable_layers(m))
+    with pytest.raises(ValueError, match="unknown pruning ranking"):
+        prune_l1_unstructured(m, 0.5, "global", ranking="random")

@@ -34,8 +34,12 @@ RESIZABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)  # the layer types apply_stru
 UNSUPPORTED = "; use prune.method = l1_unstructured for this arch"
 
 
-def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_density: float = 0.0) -> None:
+def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_density: float = 0.0, ranking: str = "magnitude") -> None:
     """Zero the smallest-|w| fraction ``sparsity`` of conv+linear weights, globally or per layer.
+
+    ``ranking`` (global scope): ``magnitude`` ranks all weights by |w| (global L1); ``lamp`` ranks them by their
+    LAMP score (``lamp_scores``), which sets each layer's share by how concentrated its weights are rather than by
+    their scale, so small and depthwise layers are not the first emptied.
 
     ``min_density`` > 0 (global scope) guards every layer: each keeps at least that fraction of its weights (capped
     at half the average density, ``effective_floor``)
@@ -43,9 +47,12 @@ def prune_l1_unstructured(model: nn.Module, sparsity: float, scope: str, min_den
     so the overall sparsity is still ``sparsity``. Plain global L1 (``min_density`` 0) ranks all weights
     together and can empty a small or depthwise layer."""
     layers = [m for _, m in prunable_layers(model)]
-    if scope == "global" and min_density > 0:
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown pruning ranking {ranking!r}; expected one of {list(RANKINGS)}")
+    if scope == "global" and (min_density > 0 or ranking != "magnitude"):
         floor = effective_floor(sparsity, min_density)
-        for m, mask in zip(layers, guarded_global_masks([m.weight for m in layers], sparsity, floor)):
+        weights = [m.weight for m in layers]
+        for m, mask in zip(layers, guarded_global_masks(weights, sparsity, floor, RANKINGS[ranking](weights))):
             prune.custom_from_mask(m, "weight", mask)
     elif scope == "global":
         prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=sparsity)
@@ -62,10 +69,37 @@ def effective_floor(sparsity: float, min_density: float) -> float:
     return min(min_density, 0.5 * (1 - sparsity))
 
 
-def guarded_global_masks(weights: list[torch.Tensor], sparsity: float, min_density: float) -> list[torch.Tensor]:
-    """Keep-masks of global L1 pruning to ``sparsity`` (``round(sparsity * n)`` of all n weights zeroed, as
+def magnitude_scores(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """|w| of every weight, flattened per layer: global L1's ranking."""
+    return [w.detach().abs().flatten().float() for w in weights]
+
+
+def lamp_scores(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """LAMP scores (Lee et al., "Layer-adaptive sparsity for the magnitude-based pruning", ICLR 2021), flattened per
+    layer: with a layer's weights sorted so that |w_1| <= ... <= |w_n|, score(u) = w_u^2 / sum_{v >= u} w_v^2.
+    Within a layer the order is |w|'s; across layers the scores are comparable (each layer's largest weight scores
+    1), and pruning the lowest scores globally bounds each layer's output distortion instead of its weights' scale."""
+    out = []
+    for w in weights:
+        sq = w.detach().flatten().double() ** 2
+        ordered, idx = sq.sort()
+        tail = ordered.flip(0).cumsum(0).flip(0)  # sum over the weight itself and every larger one
+        score = torch.empty_like(sq)
+        score[idx] = torch.where(tail > 0, ordered / tail.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(tail))
+        out.append(score)
+    return out
+
+
+RANKINGS = {"magnitude": magnitude_scores, "lamp": lamp_scores}
+
+
+def guarded_global_masks(
+    weights: list[torch.Tensor], sparsity: float, min_density: float, scores: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
+    """Keep-masks of global pruning to ``sparsity`` (``round(sparsity * n)`` of all n weights zeroed, as
     torch.nn.utils.prune counts) where every layer keeps at least ``ceil(min_density * its size)`` weights:
-    each layer's largest ``floor`` weights are kept first, then the largest of all the others fill the budget."""
+    each layer's highest-scoring ``floor`` weights are kept first, then the highest of all the others fill the budget.
+    ``scores`` (flattened per layer, default |w|) rank the weights."""
     n = sum(w.numel() for w in weights)
     keep_total = n - round(sparsity * n)
     floors = [min(w.numel(), math.ceil(min_density * w.numel())) for w in weights]
@@ -73,9 +107,10 @@ def guarded_global_masks(weights: list[torch.Tensor], sparsity: float, min_densi
         raise ValueError(
             f"min_density {min_density} keeps {sum(floors):,} weights, more than the {keep_total:,} that sparsity {sparsity} leaves"
         )
+    ranked = magnitude_scores(weights) if scores is None else scores
     scores = []
-    for w, floor in zip(weights, floors):
-        a = w.detach().abs().flatten().float()
+    for a, floor in zip(ranked, floors):
+        a = a.clone()
         if floor:
             a[a.topk(floor).indices] = float("inf")  # the layer's own largest weights are kept whatever the others are
         scores.append(a)
