@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from stages.core.artifacts import atomic_dir, save_bn_stats, sha256_file, write_json
-from stages.core.bn import running_stats
+from stages.core.bn import invalid_running_stats, running_stats
 from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage
@@ -20,6 +20,9 @@ def main() -> None:
     stats = running_stats(teacher)
     if not stats:
         raise StageError(f"{TEACHER} ({card['arch']}) has no BatchNorm layers: BN-statistics inversion needs them")
+    problem = invalid_running_stats(stats)
+    if problem:
+        raise StageError(f"{TEACHER}: {problem}: these statistics are what synthesis inverts, so the teacher is refused")
     defaults = [
         n
         for n, (mu, var) in stats.items()

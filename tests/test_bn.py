@@ -130,3 +130,11 @@ def test_normalized_bn_loss_by_hand_and_scale_free():
     wide_t = {f"l{i}": (10 * mu_t.repeat(4), 100 * var_t.repeat(4)) for i in range(5)}
     assert abs(float(bn_normalized_loss(wide, wide_t)) - base) < 1e-3 * base
     assert float(bn_l2_loss(wide, wide_t)) > 100 * float(bn_l2_loss({"l": (mu_b, var_b)}, {"l": (mu_t, var_t)}))
+
+
+def test_bn_l2_loss_by_hand():
+    """DeepInversion's BN term: sum over layers of ||mu_b - mu||_2 + ||var_b - var||_2 (norms, not squared norms).
+    Layer a: mean off by (3, 4) -> 5; layer b: variance off by 1 in 4 channels -> 2; total 7 (squared: 25 + 4 = 29)."""
+    target = {"a": (torch.zeros(2), torch.ones(2)), "b": (torch.zeros(4), torch.ones(4))}
+    batch = {"a": (torch.tensor([3.0, 4.0]), torch.ones(2)), "b": (torch.zeros(4), torch.full((4,), 2.0))}
+    assert float(bn_l2_loss(batch, target)) == pytest.approx(7.0, abs=1e-6)

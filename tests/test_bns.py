@@ -1,5 +1,6 @@
 """BN-Stats (BNS) KL divergence and the J_KL data-similarity measure."""
 
+import pytest
 import torch
 
 from stages.core.bn import INPUT, batch_mean_var, bns_kl, dataset_stats, gaussian_kl, j_kl, running_stats, with_input_target
@@ -81,3 +82,16 @@ def test_jkl_subset_of_a_class_sorted_split_keeps_every_class():
     assert len(idx) == 1000 and len(set(idx.tolist())) == 1000
     assert torch.bincount(labels[idx], minlength=10).tolist() == [100] * 10  # the first 1000 would be classes 0 and 1
     assert torch.equal(evenly_spaced(50, 1000), torch.arange(50)) and torch.equal(evenly_spaced(50, 0), torch.arange(50))
+
+
+def test_bns_kl_direction_against_torch_distributions():
+    """bns_kl = mean over layers of the channel mean of KL(N(stored mu, var) || N(batch mu, batch var + 1e-8)) - the
+    direction of "The Knowledge Within" - computed with torch.distributions; the reversed KL differs on this case."""
+    Normal, kl = torch.distributions.Normal, torch.distributions.kl_divergence
+    stored = {"a": (torch.tensor([0.0, 1.0]), torch.tensor([1.0, 4.0])), "b": (torch.tensor([2.0]), torch.tensor([0.5]))}
+    batch = {"a": (torch.tensor([0.5, 0.0]), torch.tensor([2.0, 1.0])), "b": (torch.tensor([1.0]), torch.tensor([3.0]))}
+    per_layer = [kl(Normal(stored[n][0], stored[n][1].sqrt()), Normal(batch[n][0], (batch[n][1] + 1e-8).sqrt())).mean() for n in stored]
+    reverse = [kl(Normal(batch[n][0], batch[n][1].sqrt()), Normal(stored[n][0], stored[n][1].sqrt())).mean() for n in stored]
+    got = float(bns_kl(batch, stored))
+    assert got == pytest.approx(float(torch.stack(per_layer).mean()), abs=1e-6)
+    assert abs(got - float(torch.stack(reverse).mean())) > 0.05

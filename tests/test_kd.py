@@ -76,7 +76,7 @@ def test_recalibrate_bn_gives_exact_statistics(trained_toy_net):
 
 def test_divergence_stops_with_a_clear_error(trained_toy_net):
     student = copy.deepcopy(trained_toy_net)
-    with pytest.raises(StageError, match="diverged.*distill.lr"):
+    with pytest.raises(StageError, match=r"distill: non-finite loss .* in epoch \d+, batch \d+, step \d+: lower distill.lr"):
         distill(student, trained_toy_net, torch.randn(32, 1, 8, 8) * 2 + 1.5, cfg(lr=1e6, epochs=5), torch.device("cpu"), seed=0)
 
 
@@ -116,3 +116,22 @@ def test_distill_with_iq_and_mixup_lowers_both_losses(trained_toy_net):
     x = torch.randn(64, 1, 8, 8) * 2.0 + 1.5
     hist = distill(student, trained_toy_net, x, cfg(epochs=12, iq_beta=1.0, mixup_alpha=0.4, freeze_bn=False), torch.device("cpu"), 0)
     assert hist[-1]["iq_loss"] < hist[0]["iq_loss"] and hist[-1]["kd_loss"] < hist[0]["kd_loss"]
+
+
+def test_kd_loss_by_hand_two_classes():
+    """Student logits (0, 0) -> p_s = (1/2, 1/2); teacher logits (ln 3, 0) at T = 2 -> p_t = (sqrt3, 1) / (sqrt3 + 1).
+    KL(p_t || p_s) * T^2 = 4 * sum_i p_t,i ln(2 p_t,i) = 0.14537; the swapped direction KL(p_s || p_t) * 4 would be
+    0.14902 and the loss without T^2 0.03634, so both mistakes fail."""
+    import math
+
+    r3 = math.sqrt(3)
+    p_t = (r3 / (r3 + 1), 1 / (r3 + 1))
+    by_hand = 4 * sum(p * math.log(2 * p) for p in p_t)
+    assert by_hand == pytest.approx(0.145368, abs=1e-5)
+    got = float(kd_loss(torch.zeros(1, 2), torch.tensor([[math.log(3), 0.0]]), 2.0))
+    assert got == pytest.approx(by_hand, abs=1e-6)
+    swapped = 4 * sum(0.5 * math.log(0.5 / p) for p in p_t)
+    assert abs(got - swapped) > 3e-3 and abs(got - by_hand / 4) > 0.1
+    # batch mean: two rows, the second with KL 0, halve it
+    two = kd_loss(torch.zeros(2, 2), torch.tensor([[math.log(3), 0.0], [0.0, 0.0]]), 2.0)
+    assert float(two) == pytest.approx(by_hand / 2, abs=1e-6)

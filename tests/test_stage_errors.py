@@ -26,13 +26,16 @@ def run(ws, stage):
     return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=ws, capture_output=True, text=True, timeout=120)
 
 
-def teacher(ws, untrained=False):
+def teacher(ws, untrained=False, change=None):
     m = build_model("resnet20", 10, 1)
     card = {"arch": "resnet20", "num_classes": 10, "in_channels": 1, "classes": list("abcdefghij"), "input_shape": [1, 28, 28]}
     card["normalization"] = {"mean": [0.286], "std": [0.353]}
     if not untrained:
         m.train()
         m(__import__("torch").randn(8, 1, 28, 28))
+    if change is not None:
+        with __import__("torch").no_grad():
+            change(m)
     (ws / "models" / "teacher").mkdir(parents=True)
     save_model(ws / "models" / "teacher", m, card)
 

@@ -28,9 +28,16 @@ from .runtime import StageError
 
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temp folder; on success it replaces ``path`` whole, on error it is removed."""
+    """Yield a temp folder; on success it replaces ``path`` whole, on error it is removed.
+
+    A process killed outright (SIGKILL, power loss) runs no cleanup: its temp folder (``.<name>.tmp-*``) or the
+    previous output set aside for the swap (``.<name>.old-*``) stays behind, never under ``path`` itself, so DVC
+    sees the output missing or unchanged and reruns the stage. Those leftovers are removed here, at the next run
+    (DVC runs one stage per output path at a time, so no live writer owns them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     tmp.chmod(0o755)
     try:

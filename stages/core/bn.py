@@ -23,6 +23,21 @@ def running_stats(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tenso
     return {n: (m.running_mean.detach().clone(), m.running_var.detach().clone()) for n, m in bn_layers(model)}
 
 
+def invalid_running_stats(stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str | None:
+    """Why these BN running statistics cannot be a trained network's, naming the first bad layer; None when they can.
+    A variance must be finite and > 0 (BN divides by sqrt(var + eps), and the BN loss / KL by var); a mean finite."""
+    for name, (mu, var) in stats.items():
+        for what, t in (("running_mean", mu), ("running_var", var)):
+            if not torch.isfinite(t).all():
+                bad = int((~torch.isfinite(t)).sum())
+                return f"BN layer {name}: {what} has {bad} non-finite value(s) of {t.numel()}"
+        if (var <= 0).any():
+            return (
+                f"BN layer {name}: running_var has {int((var <= 0).sum())} value(s) <= 0 (min {float(var.min()):g}); a variance must be > 0"
+            )
+    return None
+
+
 def _param_dtype(x: torch.Tensor) -> torch.dtype:
     """dtype of per-channel statistics and coefficients: float32 for low-precision activations, else x's own."""
     return torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype

@@ -11,6 +11,7 @@ refuses any object that would run code. A checkpoint dict that wraps the weights
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,10 +19,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .bn import invalid_running_stats
 from .runtime import StageError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def unpickler_reason(e: Exception) -> str:
+    """The part of torch.load's refusal that names what the file holds ("Unsupported global: GLOBAL posix.system"),
+    without torch's advice to retry with weights_only=False (which would run the file's code)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    named = [line.removeprefix("WeightsUnpickler error: ") for line in lines if "Unsupported" in line or "WeightsUnpickler" in line]
+    if named:
+        return named[0].split(". ")[0]
+    return lines[0].split(". ")[0] if lines else type(e).__name__
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -35,9 +47,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise StageError(f"{path}: not a readable safetensors file ({e})") from e
     elif path.suffix in TORCH_SUFFIXES:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on the pickle protocol is not the user's concern
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = unpickler_reason(e)
             raise StageError(
                 f"{path}: refused - torch.load(weights_only=True) accepts only tensors and plain containers, and this file "
                 f"is not that (a pickled object that would run code, or a whole pickled model; save model.state_dict() "
@@ -82,3 +96,9 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arc
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise StageError(f"{path}: {k} holds NaN or inf values")
+    bn = {
+        k.removesuffix(".running_var"): (state[k.removesuffix("var") + "mean"], v) for k, v in state.items() if k.endswith(".running_var")
+    }
+    problem = invalid_running_stats(bn)
+    if problem:
+        raise StageError(f"{path}: {problem}")

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from . import precision
 from .bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss, bns_kl, with_input, with_input_target
 from .imageops import augment_copies, smoothing_prior
+from .runtime import StageError
 from .training import cosine_lambda
 
 METHODS = ("deepinversion", "gaussian", "inception", "bns", "bns_inception")
@@ -165,11 +166,13 @@ def invert_batch(
     device: torch.device,
     init: torch.Tensor | None = None,
     iterations: int | None = None,
+    batch: int = 0,
 ) -> BatchResult:
     """Make one batch with ``cfg.method``. ``teacher`` must be in eval mode; ``target_stats`` includes the input layer.
 
     ``init`` (optional, same shape as the batch) replaces the starting noise (warm start);
-    ``iterations`` overrides ``cfg.iterations`` (the cosine schedule spans it).
+    ``iterations`` overrides ``cfg.iterations`` (the cosine schedule spans it). A non-finite loss term or image
+    stops the synthesis with one StageError naming the batch (``batch``, for the message) and the step.
     """
     lo, hi = (b.to(device) for b in bounds)
     iterations = cfg.iterations if iterations is None else iterations
@@ -187,13 +190,19 @@ def invert_batch(
     l2_initial, kl_initial = bn_losses_of(teacher, x.detach(), target_stats)
     window, tol = cfg.early_stop_window, cfg.early_stop_tol
     curve = []
-    for _ in range(iterations):
+    for step in range(iterations):
         xa = augment_copies(
             x, cfg.duplicates, generator, max_shift=cfg.max_shift, flip=cfg.flip, crop_min_area=cfg.crop_min_area, cutout=cfg.cutout
         )
         with BatchStatsHook(teacher) as hook, autocast(cfg, device):
             logits = teacher(xa)
         terms = method_losses(cfg.method, cfg, x, xa, logits.float(), hook.stats, targets_a, target_stats)
+        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise StageError(
+                f"synthesize: non-finite loss ({', '.join(f'{k} = {float(terms[k])}' for k in bad)}) in batch {batch}, step {step}: "
+                f"lower synthesize.lr (now {cfg.lr}) or the loss weights; nothing was written"
+            )
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -204,6 +213,8 @@ def invert_batch(
         if plateaued(curve, window, tol):
             break
     final = x.detach().contiguous()
+    if not torch.isfinite(final).all():
+        raise StageError(f"synthesize: non-finite pixels in batch {batch} after step {len(curve) - 1}; nothing was written")
     l2_final, kl_final = bn_losses_of(teacher, final, target_stats)
     return BatchResult(final.cpu(), curve, l2_initial, l2_final, kl_initial, kl_final, len(curve))
 
@@ -269,7 +280,7 @@ def synthesize_set(
         batch_targets = targets[starts[b] : starts[b] + cfg.batch_size].clamp_min(0)
         if init is not None:
             init = init(batch_targets, gen)
-        return invert_batch(teacher, batch_targets, target_stats, cfg, bounds, input_shape, gen, device, init, iterations)
+        return invert_batch(teacher, batch_targets, target_stats, cfg, bounds, input_shape, gen, device, init, iterations, batch=b)
 
     first = None  # batch 0's result when it was made early as the warm-start pool
     if warm:

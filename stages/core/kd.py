@@ -37,15 +37,18 @@ from .runtime import StageError
 from .training import cosine_lambda, minibatches
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over the batch."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, rows: int | None = None) -> torch.Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 summed over the rows given and divided by ``rows`` (default: their count,
+    i.e. the batch mean). Data-parallel ranks pass the global batch size, so that the ranks' losses add up to the
+    global batch mean whatever share of the batch each rank holds."""
     t = temperature
-    return F.kl_div(
+    total = F.kl_div(
         F.log_softmax(student_logits.float() / t, dim=1),
         F.log_softmax(teacher_logits.float() / t, dim=1),
-        reduction="batchmean",
+        reduction="sum",
         log_target=True,
     ) * (t * t)
+    return total / (len(student_logits) if rows is None else rows)
 
 
 class FeatureTap:
@@ -78,14 +81,17 @@ class FeatureTap:
         self._handles.clear()
 
 
-def iq_loss(student_features: dict, teacher_features: dict) -> torch.Tensor:
-    """Mean over layers of smooth-L1 between student and teacher features (shapes must match)."""
+def iq_loss(student_features: dict, teacher_features: dict, rows: int | None = None) -> torch.Tensor:
+    """Mean over layers of smooth-L1 between student and teacher features (shapes must match): per layer the sum over
+    the rows given divided by ``rows`` x the elements of one row (default ``rows``: their count, i.e. the mean)."""
     terms = []
     for name, t in teacher_features.items():
         s = student_features[name]
         if s.shape != t.shape:
             raise StageError(f"distill.iq_layers: {name} has shape {tuple(s.shape)} in the student, {tuple(t.shape)} in the teacher")
-        terms.append(F.smooth_l1_loss(s.float(), t.float()))
+        per_row = t[0].numel() if len(t) else 1
+        n = (len(t) if rows is None else rows) * per_row
+        terms.append(F.smooth_l1_loss(s.float(), t.float(), reduction="sum") / n)
     return torch.stack(terms).mean()
 
 
@@ -145,35 +151,38 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
         model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
         # 1x1 convolutions in channels_last report size-1 strides that differ from the bucket's: harmless, not a copy
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    history = []
+    history, step = [], 0
     with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
             student.train()
             set_bn_train(student, not cfg.freeze_bn)
             sums, agree, seen = {"kd_loss": 0.0, "iq_loss": 0.0}, 0, 0
-            for idx in minibatches(len(x), cfg.batch_size, gen):
+            for batch, idx in enumerate(minibatches(len(x), cfg.batch_size, gen)):
+                step += 1
                 xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
                 if cfg.mixup_alpha > 0:
                     xb, _, _ = mixup(xb, cfg.mixup_alpha, gen)
+                rows = len(xb)  # the global batch: every rank normalizes by it, so a short or empty share weighs its rows only
                 xb = xb[rank::world].to(device).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
                     t_logits = teacher(xb)
                 s_logits = model(xb)
-                # a rank whose part of a short last batch is empty still joins the gradient all-reduce
-                kd = kd_loss(s_logits, t_logits, cfg.temperature) if len(xb) else s_logits.sum() * 0.0
-                iq = iq_loss(s_tap.features, t_tap.features) if iq_layers else torch.zeros((), device=kd.device)
+                # a rank whose part of a short last batch is empty still joins the gradient all-reduce, with loss 0
+                kd = kd_loss(s_logits, t_logits, cfg.temperature, rows) if len(xb) else s_logits.sum() * 0.0
+                iq = iq_loss(s_tap.features, t_tap.features, rows) if iq_layers and len(xb) else torch.zeros((), device=kd.device)
                 loss = kd + cfg.iq_beta * iq
                 if not torch.isfinite(loss):
                     raise StageError(
-                        f"distillation diverged in epoch {epoch} (loss {loss.item()}): lower distill.lr "
+                        f"distill: non-finite loss ({loss.item()}) in epoch {epoch}, batch {batch}, step {step}: lower distill.lr "
                         f"(now {cfg.lr}); with distill.freeze_bn = true the pruned student is less stable"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # DistributedDataParallel averages the ranks' gradients; the rank losses already sum to the batch mean
+                (loss * world).backward()
                 opt.step()
                 sched.step()
-                sums["kd_loss"] += float(kd.detach()) * len(xb)
-                sums["iq_loss"] += float(iq.detach()) * len(xb)
+                sums["kd_loss"] += float(kd.detach()) * rows
+                sums["iq_loss"] += float(iq.detach()) * rows
                 agree += int((s_logits.argmax(1) == t_logits.argmax(1)).sum())
                 seen += len(xb)
             if world > 1:

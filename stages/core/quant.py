@@ -167,8 +167,11 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int, method: str, p
     for _, m in layers:
         m.observer, m.observed = _range_observer(method, percentile), []
     try:
-        for idx in tqdm(list(minibatches(len(x), batch_size)), desc="calibrate", unit="batch"):
+        for batch, idx in enumerate(tqdm(list(minibatches(len(x), batch_size)), desc="calibrate", unit="batch")):
             model(x[idx].to(device).contiguous(memory_format=torch.channels_last))
+            for name, m in layers:
+                if m.observed and not torch.isfinite(m.observed[-1]).all():
+                    raise ValueError(f"calibration batch {batch}: {name} saw non-finite activations (range {m.observed[-1].tolist()})")
         ranges = {}
         for name, m in layers:
             lo, hi = (float(v) for v in torch.stack(m.observed).mean(0))

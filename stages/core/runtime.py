@@ -46,11 +46,17 @@ def timed(out: dict, key: str):
 
 
 def run_stage(main) -> None:
-    """Run a stage's main(); known input errors become one line on stderr and exit code 2."""
+    """Run a stage's main(); known input errors and failed writes (a full disk, a read-only folder) become one line on
+    stderr and exit code 2. Outputs are written through temp folders (``artifacts.atomic_dir``), so nothing
+    half-written is left where DVC looks."""
     from .params import ParamsError
 
     try:
         main()
     except (ParamsError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: writing or reading a file failed{where}: {e.strerror or e}; no output was replaced", file=sys.stderr)
         sys.exit(2)
