@@ -268,7 +268,8 @@ def runs_table(doc) -> pd.DataFrame:
     df[["sweep", "setting", "seed"]] = df["name"].str.split("--", expand=True)
     df = df[df["sweep"].isin([*SWEEPS, *ZOO_VARIANTS])]
     df["seed"] = df["seed"].str.removeprefix("seed").astype(int)
-    df["data_free"] = df.get("metrics.data_free", pd.Series(True, index=df.index)).fillna(True)
+    # evaluate's lineage verdict; a run without one (undetermined, or made before the verdict existed) is not data-free
+    df["data_free"] = df.get("metrics.data_free", pd.Series(None, index=df.index, dtype=object)).eq(True)
     return df.reset_index(drop=True)
 
 

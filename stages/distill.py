@@ -69,7 +69,6 @@ def main() -> None:
         **{k: pcard[k] for k in ARCH_CARD_FIELDS if k in pcard},
         **{k: pcard[k] for k in ("structure", "quantization") if pcard.get(k)},
         "prune_method": pcard.get("method", "l1_unstructured"),
-        "data_free": bool(scard.get("data_free", True)),
         "transfer_set": cfg.transfer_set,
         "transfer_set_sha256": sha256_file(transfer / "images.safetensors"),
         "teacher_sha256": teacher_sha,
@@ -102,7 +101,7 @@ def main() -> None:
         if len(df):
             ys = ["kd_loss", "teacher_agreement"] + (["iq_loss"] if cfg.iq_beta > 0 else [])
             curves(df, "epoch", ys, tmp / "curve.png", f"distillation on the {cfg.transfer_set} transfer set")
-    label = "" if card["data_free"] else " (NOT data-free: real training images)"
+    label = " (NOT data-free: real training images)" if cfg.transfer_set == "real" else ""
     print(f"distilled {cfg.epochs} epochs on {cfg.transfer_set}{label} in {wall:.0f} s; sparsity {sparsity:.4f}")
 
 

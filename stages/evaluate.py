@@ -16,6 +16,7 @@ from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
 from stages.core.data import ImageSet, fit_to_input, has_split, load_part
 from stages.core.imageops import normalize
+from stages.core.lineage import verdict
 from stages.core.params import load_params
 from stages.core.plots import bars
 from stages.core.pruning import global_sparsity
@@ -97,6 +98,7 @@ def main() -> None:
         rows[name], preds[name] = describe(MODELS[name], x, test.labels, (x_val, val.labels), cfg, device)
     scard = read_json(SYNTHETIC / "card.json")
     student_card = read_json(MODELS["student"] / "card.json")
+    provenance = verdict(Path("."), str(MODELS["student"]))
     before = "quantized" if quantized else "pruned"  # the model distillation starts from
     t, pr, s = (rows[k]["accuracy"] for k in ("teacher", before, "student"))
     stage_metrics = {st: read_json(REPORTS / st / "metrics.json") for st in STAGES}
@@ -118,7 +120,9 @@ def main() -> None:
             # synthesis compute: images x optimization steps actually run (early stop / warm start lower it)
             "image_iterations": stage_metrics["synthesize"].get("image_iterations"),
         },
-        "data_free": bool(student_card.get("data_free")),
+        # the verdict over dvc.yaml + dvc.lock (stages.lineage's), never a card flag or a default
+        "data_free": provenance["data_free"],
+        "data_free_basis": provenance["basis"],
         f"j_kl_relative_to_{ref}": {r["dataset"]: r[f"relative_to_{ref}"] for r in jkl},
         "wall_s": timings,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -199,10 +203,12 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
         else f"untargeted; class balance of the teacher's predictions {scard['pred_class_balance']:.3f}"
     )
     transfer = student_card.get("transfer_set", "synthetic")
-    if not m["data_free"]:
+    if m["data_free"] is None:
+        provenance = f"**Data-free status undetermined** ({m['data_free_basis']}). The pipeline's"
+    elif not m["data_free"]:
         provenance = (
-            "**NOT data-free** (baseline): the student was distilled on real training images "
-            "(distill.transfer_set = real), not on the synthetic set. For reference, the pipeline's"
+            f"**NOT data-free** (baseline; {m['data_free_basis']}): the student was distilled on real training images "
+            f"(distill.transfer_set = {transfer}), not on the synthetic set. For reference, the pipeline's"
         )
     elif transfer == "gaussian":
         provenance = "Data-free noise baseline: the student was distilled on Gaussian noise, not on the synthetic set. For reference,"
@@ -238,8 +244,12 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "## Data-free",
             "",
             f"{provenance} {scard['n_images']} synthetic images (method `{method}`) made from the teacher and its BatchNorm "
-            f"statistics ({agreement}; BN-L2 loss {scard['bn_loss_initial']:.2f} -> {scard['bn_loss_final']:.3f}). "
-            "dvc.yaml (`dvc dag`) shows that extract_bn_stats, synthesize, prune, quantize and distill have no dependency on data/raw.",
+            f"statistics ({agreement}; BN-L2 loss {scard['bn_loss_initial']:.2f} -> {scard['bn_loss_final']:.3f}). "(
+                f"Verdict from {m['data_free_basis'].split(':')[0]} (`python -m stages.lineage` prints the chain): "
+                f"{m['data_free_basis'].split(': ', 1)[1]}."
+                if m["data_free"]
+                else ""
+            ),
             "",
             f"Distillation: {d['epochs']} epochs, T={d['temperature']}, SGD lr {d['lr']} ({d['schedule']}), "
             f"freeze_bn={d['freeze_bn']}, recalibrate_bn={d['recalibrate_bn']}, shift {d['max_shift']} px, flip {d['flip']}.",

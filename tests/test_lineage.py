@@ -72,3 +72,21 @@ def test_unknown_artifact_and_missing_lock(tmp_path):
     pipeline(tmp_path, [])
     with pytest.raises(StageError, match="not an output"):
         lineage(tmp_path, "models/nothing")
+
+
+def test_verdict_comes_from_the_pipeline_not_from_a_default(tmp_path):
+    """evaluate's data_free metric and report sentence: the lineage verdict, None (undetermined) when dvc.lock cannot
+    tell - before, a card flag defaulting to True decided, and the report always said "no dependency on data/raw"."""
+    from stages.core.lineage import verdict
+
+    assert verdict(tmp_path, "models/student")["data_free"] is None  # no dvc.yaml / dvc.lock: nothing to decide from
+    pipeline(tmp_path, [])
+    v = verdict(tmp_path, "models/student")
+    assert v["data_free"] is True and v["basis"] == "dvc.yaml + dvc.lock: none of distill depends on real data"
+    (tmp_path / "real").mkdir()
+    pipeline(tmp_path / "real", ["data/raw/train-images-idx3-ubyte"])  # the card still says data_free: true
+    v = verdict(tmp_path / "real", "models/student")
+    assert v["data_free"] is False and "distill (dep data/raw/train-images-idx3-ubyte)" in v["basis"]
+    (tmp_path / "models" / "teacher" / "model.safetensors").write_bytes(b"retrained")  # stale: undetermined
+    v = verdict(tmp_path, "models/student")
+    assert v["data_free"] is None and "stale" in v["basis"]

@@ -187,7 +187,9 @@ def test_real_transfer_set_student_is_flagged_not_data_free(ws):
     assert "data/real" in [d["path"] for d in lock["distill"]["deps"]]
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert m["data_free"] is False and m["student"]["accuracy"] > 0.1
-    assert "NOT data-free" in (ws / "reports/report.md").read_text()
+    assert m["data_free_basis"].startswith("dvc.yaml + dvc.lock: real data entered real_transfer_set (dep data/raw")
+    report = (ws / "reports/report.md").read_text()
+    assert "NOT data-free" in report and "depends on real data" not in report and "no dependency on data/raw" not in report
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run([sys.executable, "-m", "stages.lineage", "models/student"], cwd=ws, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "NOT DATA-FREE" in r.stdout and "real_transfer_set (dep data/raw)" in r.stdout
