@@ -51,17 +51,128 @@ def default_run(reports: Path) -> str:
     )
 
 
-def sweep(reports: Path, name: str) -> str:
+def std(r) -> str:
+    return "" if pd.isna(r.accuracy_std) else f" +- {100 * r.accuracy_std:.2f}"
+
+
+def pct(v) -> str:
+    return "-" if pd.isna(v) else f"{v:.2%}"
+
+
+def measured_on(reports: Path, sweeps: list[str]) -> str:
+    """Where the runs of ``sweeps`` ran, from reports/compare/runs.csv (device and CPU capability as evaluate recorded)."""
+    f = reports / "compare" / "runs.csv"
+    if not f.is_file():
+        return "machine not recorded"
+    runs = pd.read_csv(f)
+    runs = runs[runs["sweep"].isin(sweeps) & runs["has_metrics"]]
+    seen = set()
+    for _, r in runs.iterrows():
+        dev, cap = r.get("metrics.device"), r.get("metrics.cpu_capability")
+        seen.add(
+            f"{dev if isinstance(dev, str) else 'device not recorded'}, CPU capability {cap if isinstance(cap, str) else 'not recorded'}"
+        )
+    return "; ".join(sorted(seen)) or "machine not recorded"
+
+
+# column name -> (header, cell from a summary row)
+COLUMNS = {
+    "student": (
+        "student test accuracy (mean +- std)",
+        lambda r: pct(r.accuracy_mean) + ("" if pd.isna(r.accuracy_std) else f" +- {100 * r.accuracy_std:.2f}"),
+    ),
+    "val": ("validation accuracy", lambda r: pct(r.val_accuracy_mean)),
+    "before": ("before KD (pruned / calibrated)", lambda r: pct(r.before_kd_accuracy)),
+    "teacher": ("teacher", lambda r: pct(r.teacher_accuracy)),
+    "runs": ("runs", lambda r: str(int(r.runs))),
+    "failed": ("failed or diverged (not averaged)", lambda r: str(int(r.runs_without_metrics))),
+    "data_free": ("data-free", lambda r: "yes" if bool(r.data_free) else "**NO**"),
+    "speedup": ("speed-up b64 vs teacher", lambda r: "-" if pd.isna(r.speedup_b64) else f"{r.speedup_b64:.2f}x"),
+    "size": ("smaller (effective bits)", lambda r: "-" if pd.isna(r.size_ratio) else f"{r.size_ratio:.1f}x"),
+    "compute": ("synthesis image x iterations", lambda r: "-" if pd.isna(r.image_iterations) else f"{int(r.image_iterations):,}"),
+    "synth_s": ("synthesis s", lambda r: "-" if pd.isna(r.synthesize_s) else f"{r.synthesize_s:.0f}"),
+    "distill_s": ("distill s", lambda r: "-" if pd.isna(r.distill_s) else f"{r.distill_s:.0f}"),
+    "agree": ("teacher agreement on synthetic images", lambda r: "-" if pd.isna(r.synthetic_agreement) else f"{r.synthetic_agreement:.1%}"),
+    "balance": (
+        "class balance of the teacher's predictions",
+        lambda r: "-" if pd.isna(getattr(r, "synthetic_class_balance", float("nan"))) else f"{r.synthetic_class_balance:.3f}",
+    ),
+    "jkl": (
+        "synthetic J_KL / train",
+        lambda r: "-" if pd.isna(getattr(r, "synthetic_jkl_rel", float("nan"))) else f"{r.synthetic_jkl_rel:.2f}",
+    ),
+}
+
+
+def sweep_table(reports: Path, sweeps: list[str], columns: list[str]) -> str:
+    """One row per (sweep, setting) of reports/compare/summary.csv; failed / diverged runs in their own column."""
     summary = pd.read_csv(reports / "compare" / "summary.csv")
-    part = summary[summary["sweep"] == name]
+    part = summary[summary["sweep"].isin(sweeps)]
     if part.empty:
-        return f"(no finished `{name}` runs in reports/compare/summary.csv)"
-    lines = ["| setting | student test accuracy | validation accuracy | runs | failed | teacher agreement on synthetic images |"]
-    lines.append("|---|---|---|---|---|---|")
+        return f"(no finished runs of {', '.join(f'`{s}`' for s in sweeps)} in reports/compare/summary.csv yet)"
+    label = "sweep: setting" if len(sweeps) > 1 else "setting"
+    lines = ["| " + " | ".join([label, *(COLUMNS[c][0] for c in columns)]) + " |", "|" + "---|" * (len(columns) + 1)]
     for r in part.itertuples():
-        val = "-" if pd.isna(r.val_accuracy_mean) else f"{r.val_accuracy_mean:.2%}"
-        agree = "-" if pd.isna(getattr(r, "synthetic_agreement", float("nan"))) else f"{r.synthetic_agreement:.1%}"
-        lines.append(f"| {r.setting} | {r.accuracy_mean:.2%} | {val} | {r.runs} | {r.runs_without_metrics} | {agree} |")
+        name = f"{r.sweep}: {r.setting}" if len(sweeps) > 1 else r.setting
+        lines.append("| " + " | ".join([name, *(COLUMNS[c][1](r) for c in columns)]) + " |")
+    lines += ["", f"From `reports/compare/summary.csv` (sweeps {', '.join(sweeps)}); measured on: {measured_on(reports, sweeps)}."]
+    return "\n".join(lines)
+
+
+def sweep(reports: Path, name: str) -> str:
+    return sweep_table(reports, [name], ["student", "val", "runs", "failed", "agree"])
+
+
+def jkl(reports: Path) -> str:
+    f = reports / "evaluate" / "jkl.csv"
+    if not f.is_file():
+        return "(no J_KL table yet: reports/evaluate/jkl.csv)"
+    df = pd.read_csv(f)
+    ref = next(c for c in df.columns if c.startswith("relative_to_"))
+    lines = [f"| data set | images | J_KL | {ref.replace('_', ' ')} |", "|---|---|---|---|"]
+    for r in df.itertuples():
+        lines.append(f"| {r.dataset} | {int(r.images):,} | {r.j_kl:.3g} | {getattr(r, ref):.3g} |")
+    m = json.loads((reports / "metrics.json").read_text()) if (reports / "metrics.json").is_file() else {}
+    where = f"device {m.get('device', '-')}, CPU capability {m.get('cpu_capability', '-')}"
+    lines += ["", f"From `reports/evaluate/jkl.csv` of the default run ({where})."]
+    return "\n".join(lines)
+
+
+def benchmark(reports: Path) -> str:
+    f = reports / "benchmarks" / "synthesis.json"
+    if not f.is_file():
+        return "(no benchmark yet: python benchmarks/synthesis.py)"
+    b = json.loads(f.read_text())
+    rows = b["synthesis"]
+    base = next(iter(rows.values()))["image_iterations_per_s"]
+    lines = [
+        "| loop | images | iterations run | image x iterations / s | speed-up | achieved GFLOP/s | final BN-L2 loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['images']} | {r['iterations_run']} | {r['image_iterations_per_s']:.0f} | "
+            f"{r['image_iterations_per_s'] / base:.2f}x | {r['achieved_gflops']:.1f} | {r['bn_l2_final']:.3f} |"
+        )
+    mach = b.get("machine", {})
+    lines += [
+        "",
+        f"From `reports/benchmarks/synthesis.json`: teacher {b.get('teacher')}, batch {b.get('batch')}, {b.get('iterations')} iterations, "
+        f"median of {b.get('repeats')} rounds; machine {mach.get('cpu', '-')}, {mach.get('threads', '-')} threads, CPU capability "
+        f"{mach.get('cpu_capability', 'not recorded')}, torch {mach.get('torch', '-')}.",
+    ]
+    return "\n".join(lines)
+
+
+def archs(_reports: Path) -> str:
+    sys.path.insert(0, str(ROOT))
+    from stages.core.cost import macs
+    from stages.core.models import ARCH_NAMES, build_model
+
+    lines = ["| arch | parameters (10 classes, 1 channel) | MACs at 1 x 32 x 32 |", "|---|---|---|"]
+    for a in ARCH_NAMES:
+        m = build_model(a, 10, 1)
+        lines.append(f"| {a} | {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M | {macs(m, (1, 32, 32))['macs'] / 1e6:,.1f} M |")
     return "\n".join(lines)
 
 
@@ -72,7 +183,23 @@ def zoo(reports: Path) -> str:
     return "\n".join(line for line in f.read_text().splitlines() if line.startswith("|") or line.startswith("Runs without"))
 
 
-TABLES = {"default-run": default_run, "zoo": zoo, "bn-loss": lambda r: sweep(r, "bn_loss")}
+ABLATIONS = ["sparsity", "n_images", "freeze_bn", "transfer_set"]
+TABLES = {
+    "default-run": default_run,
+    "zoo": zoo,
+    "bn-loss": lambda r: sweep(r, "bn_loss"),
+    "ablations": lambda r: sweep_table(r, ABLATIONS, ["student", "val", "before", "teacher", "runs", "failed", "data_free"]),
+    "distill-recipe": lambda r: sweep_table(r, ["distill_recipe"], ["student", "val", "before", "runs", "failed", "distill_s"]),
+    "methods": lambda r: sweep_table(r, ["methods"], ["student", "val", "jkl", "agree", "balance", "synth_s", "runs", "failed"]),
+    "quant": lambda r: sweep_table(
+        r, ["quant", "structured", "prune_quant"], ["before", "student", "val", "speedup", "size", "runs", "failed", "data_free"]
+    ),
+    "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
+    "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude", "zoo_lamp"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
+    "jkl": jkl,
+    "benchmark": benchmark,
+    "archs": archs,
+}
 
 
 def render(readme: str, reports: Path) -> str:

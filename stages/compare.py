@@ -16,14 +16,18 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   quant         no pruning; 8w8a / 4w8a / 4w4a / 2w4a (first/last layer 8 bit), each distilled on the synthetic
                 and on the real (NOT data-free) transfer set; the calibration-only model is evaluate's "quantized" row
   prune_quant   structured 50% MACs + 4w8a, and the default 75% unstructured + 4w8a
-  paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10;
+  methods       synthesis methods of "The Knowledge Within" (gaussian, inception, bns, bns_inception, in-batch
+                augmentation) against deepinversion at the default budget
+  distill_recipe  the paper's KD recipe vs ours, x frozen / train-mode / recalibrated BN, and no recovery
+  paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
   paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
-  cifar10       the default pipeline (resnet20) on CIFAR-10 from the JPEG copy in ../shared/datasets
+  cifar10       the default pipeline (resnet20) on CIFAR-10 (--dataset PATH, e.g. ../shared/datasets/cifar10-jpeg.tar.gz)
   precision     the default pipeline with fp32 and with bf16 synthesis
   bn_loss       DeepInversion's BN term: the paper's sum of L2 norms vs the scale-free normalized form at several weights
   zoo           teachers trained outside the pipeline (scripts/make_zoo_teachers.py), each brought in with the defaults;
-                report writes reports/compare/zoo.md
+                report writes reports/compare/zoo.md; zoo_lamp / zoo_magnitude: the same teachers with prune.ranking
+                lamp / magnitude (a lever measured on every architecture at once)
   compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
                 fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
                 warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
@@ -76,10 +80,10 @@ SWEEPS = {
 # arXiv 2511.20702 exactly: CIFAR-10, 75% global L1 unstructured, 1024 DeepInversion images, 200 iterations,
 # lambda_BN 10, lambda_TV 1e-5, KD T 3 with SGD lr 1e-3 momentum 0.9 for 15 epochs, student BN frozen.
 # The paper does not state its teacher recipe: ours trains 30 epochs (SGD 0.1, cosine).
-CIFAR10_JPEG = "../shared/datasets/cifar10-jpeg.tar.gz"
+DATASET = "prepare_data.path={dataset}"  # filled from `queue --dataset PATH` (a CIFAR-10 copy: batches folder, tree or .tar.gz)
 PAPER_PRESET = [
     "data.name=cifar10",
-    f"prepare_data.path={CIFAR10_JPEG}",
+    DATASET,
     "train_teacher.epochs=30",
     "synthesize.method=deepinversion",
     "synthesize.n_images=1024",
@@ -107,7 +111,7 @@ PAPER_CPU_SCALE = ["train_teacher.epochs=3", "synthesize.n_images=256", "distill
 PAPER_RESULTS = {"resnet18": (73.29, 93.10), "resnet34": (76.03, 93.51), "resnet50": (82.33, 92.07)}  # pruned -> recovered, %
 SWEEPS["paper"] = {a: [*PAPER_PRESET, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
 SWEEPS["paper_cpu"] = {a: [*PAPER_PRESET, *PAPER_CPU_SCALE, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
-SWEEPS["cifar10"] = {"resnet20": ["data.name=cifar10", f"prepare_data.path={CIFAR10_JPEG}"]}  # the default pipeline on CIFAR-10
+SWEEPS["cifar10"] = {"resnet20": ["data.name=cifar10", DATASET]}  # the default pipeline on CIFAR-10
 # recovered accuracy vs synthesis compute (issue 7). Paper recipe: 1024 images x 200 iterations, fp32, each batch
 # from noise (arXiv 2511.20702's synthesis budget), made cheaper only by fewer iterations. Fastest setting: bf16
 # autocast and warm start (batch 0 runs `iterations`, the other batches start from its images and run warm_iterations).
@@ -142,6 +146,31 @@ SWEEPS["bn_loss"] = {
     "l2-lambda1": ["synthesize.bn_loss=l2", "synthesize.lambda_bn=1"],
     **{f"normalized-lambda{v}": ["synthesize.bn_loss=normalized", f"synthesize.lambda_bn={v}"] for v in (3, 10, 30)},
 }
+# synthesis methods of "The Knowledge Within" at the default budget (images x iterations; in-batch augmentation at the
+# same compute: 4 copies x 40 iterations = 1 copy x 160), replacing scripts/synthesis_methods.py
+SWEEPS["methods"] = {
+    "deepinversion": [],
+    "gaussian": ["synthesize.method=gaussian"],
+    "inception": ["synthesize.method=inception"],
+    "bns": ["synthesize.method=bns"],
+    "bns-no-prior": ["synthesize.method=bns", "synthesize.lambda_prior=0"],
+    "bns-inception": ["synthesize.method=bns_inception"],
+    "bns-4-copies-crop": ["synthesize.method=bns", "synthesize.duplicates=4", "synthesize.iterations=40", "synthesize.crop_min_area=0.7"],
+}
+# distillation recipe x BN handling on the default synthetic set, replacing scripts/distill_ablation.py. Every
+# setting is named by all it changes (the old script's "tuned, frozen BN" row also recalibrated BN without saying so).
+# The paper's recipe (arXiv 2511.20702): 15 epochs over 1024 images = 120 SGD steps = 60 epochs over the default 256.
+PAPER_KD = ["distill.lr=0.001", "distill.schedule=constant", "distill.epochs=60", "distill.max_shift=0", "distill.flip=false"]
+SWEEPS["distill_recipe"] = {
+    "no-recovery": ["distill.epochs=0"],
+    "recalibrate-bn-only": ["distill.epochs=0", "distill.recalibrate_bn=true"],
+    "paper-frozen-bn": [*PAPER_KD, "distill.freeze_bn=true"],
+    "paper-recalibrated-frozen-bn": [*PAPER_KD, "distill.freeze_bn=true", "distill.recalibrate_bn=true"],
+    "paper-train-bn": [*PAPER_KD, "distill.freeze_bn=false"],
+    "default-frozen-bn": ["distill.freeze_bn=true"],
+    "default-recalibrated-frozen-bn": ["distill.freeze_bn=true", "distill.recalibrate_bn=true"],
+    "default": [],
+}
 # bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
 SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
 # the teacher zoo (issue 15): teachers trained outside the pipeline by scripts/make_zoo_teachers.py, each brought in
@@ -161,7 +190,10 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.wall_s.synthesize": "synthesize_s",
     "metrics.wall_s.distill": "distill_s",
     "metrics.synthetic.teacher_agreement": "synthetic_agreement",
+    "metrics.synthetic.pred_class_balance": "synthetic_class_balance",
+    "metrics.j_kl_relative_to_train.synthetic": "synthetic_jkl_rel",
 }
+NEEDS_DATASET = ("paper", "paper_cpu", "cifar10")  # sweeps on a dataset the user names with --dataset
 
 
 def zoo_settings(extra: list[str] = ()) -> dict[str, list[str]]:
@@ -202,8 +234,18 @@ def dvc(*args: str) -> str:
     return r.stdout
 
 
-def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str] | None = None) -> None:
+def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str] | None = None, dataset: str | None = None) -> None:
     sweeps = sweep_settings(sweep)
+    if sweep in NEEDS_DATASET:
+        if not dataset:
+            raise StageError(
+                f"sweep {sweep} runs on CIFAR-10: give its copy with --dataset PATH (a batches folder, an ImageFolder tree or a .tar.gz)"
+            )
+        if not Path(dataset).exists():
+            raise StageError(f"--dataset {dataset}: not found")
+        sweeps = {k: [v.format(dataset=Path(dataset).resolve()) if v == DATASET else v for v in sets] for k, sets in sweeps.items()}
+    elif dataset:
+        raise StageError(f"--dataset is for the sweeps {list(NEEDS_DATASET)}; {sweep} runs on params.yaml's data")
     unknown = sorted(set(settings or []) - set(sweeps))
     if unknown:
         raise StageError(f"--settings: {unknown} not in sweep {sweep!r} (has {list(sweeps)})")
@@ -218,7 +260,7 @@ def queue(sweep: str, seeds: list[int], jkl_max_images: int, settings: list[str]
             args = ["exp", "run", "--queue", "-n", name, *copy, *[a for s in [*sets, *extra] for a in ("-S", s)]]
             dvc(*args)
             print("queued", name)
-    print("now run: dvc exp run --run-all   (then: python -m stages.compare report)")
+    print("now run: dvc exp run --run-all && python -m stages.compare report   (--run-all waits for the queue)")
 
 
 def absolute_path(assignment: str) -> str:
@@ -488,12 +530,13 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--settings", nargs="+", help="queue only these settings of the sweep (default: all)")
     q.add_argument("--jkl-max-images", type=int, default=5000, help="cap evaluate's J_KL table per set (accuracy is unaffected)")
+    q.add_argument("--dataset", help=f"the dataset of the sweeps {', '.join(NEEDS_DATASET)}, e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
     r = sub.add_parser("report", help="tables and plots from the finished experiments")
     r.add_argument("--json", type=Path, help="a saved `dvc exp show --json -A` document instead of asking dvc")
     r.add_argument("--fresh", action="store_true", help="forget the runs recorded in reports/compare/runs.csv")
     args = ap.parse_args(argv)
     if args.cmd == "queue":
-        queue(args.sweep, args.seeds, args.jkl_max_images, args.settings)
+        queue(args.sweep, args.seeds, args.jkl_max_images, args.settings, args.dataset)
     else:
         report(args.json, args.fresh)
 

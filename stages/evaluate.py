@@ -244,7 +244,8 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             "## Data-free",
             "",
             f"{provenance} {scard['n_images']} synthetic images (method `{method}`) made from the teacher and its BatchNorm "
-            f"statistics ({agreement}; BN-L2 loss {scard['bn_loss_initial']:.2f} -> {scard['bn_loss_final']:.3f}). "(
+            f"statistics ({agreement}; BN-L2 loss {scard['bn_loss_initial']:.2f} -> {scard['bn_loss_final']:.3f}). "
+            + (
                 f"Verdict from {m['data_free_basis'].split(':')[0]} (`python -m stages.lineage` prints the chain): "
                 f"{m['data_free_basis'].split(': ', 1)[1]}."
                 if m["data_free"]

@@ -199,3 +199,35 @@ def test_zoo_settings_bring_each_teacher_in_as_made_and_the_table_checks_the_gap
     assert "| good | 90.00% | 50.00% | 89.50% | 0.50 | yes | 99.0% | 60 | 100 |" in table
     assert "| far | 90.00% | 50.00% | 85.00% | 5.00 | **no** | 50.0% |" in table
     assert "Runs without metrics (failed or not run): broken." in table
+
+
+def test_one_sweep_mechanism_for_the_former_ablation_scripts():
+    """scripts/distill_ablation.py and scripts/synthesis_methods.py became sweeps of stages.compare; each setting names
+    everything it changes (the old "tuned, frozen BN" row recalibrated BN without saying so), and the methods are
+    exactly the implemented ones."""
+    from stages.core.inversion import METHODS
+
+    assert not (compare.Path(__file__).resolve().parents[1] / "scripts" / "distill_ablation.py").exists()
+    recipe = compare.SWEEPS["distill_recipe"]
+    assert recipe["default"] == [] and recipe["no-recovery"] == ["distill.epochs=0"]
+    for name, sets in recipe.items():
+        assert ("recalibrate_bn=true" in " ".join(sets)) == ("recalibrate" in name), name
+        assert ("freeze_bn=true" in " ".join(sets)) == ("frozen-bn" in name), name
+    used = {s.split("=")[1] for sets in compare.SWEEPS["methods"].values() for s in sets if s.startswith("synthesize.method=")}
+    assert used | {"deepinversion"} == set(METHODS)
+
+
+def test_cifar_sweeps_take_the_dataset_path_as_an_option(tmp_path, monkeypatch):
+    queued = []
+    monkeypatch.setattr(compare, "dvc", lambda *args: queued.append(args) or "")
+    with pytest.raises(compare.StageError, match="--dataset PATH"):
+        compare.queue("cifar10", [0], 100)
+    with pytest.raises(compare.StageError, match="not found"):
+        compare.queue("cifar10", [0], 100, dataset=str(tmp_path / "missing.tar.gz"))
+    with pytest.raises(compare.StageError, match="--dataset is for the sweeps"):
+        compare.queue("freeze_bn", [0], 100, dataset=str(tmp_path))
+    copy = tmp_path / "my-cifar.tar.gz"
+    copy.write_bytes(b"x")
+    compare.queue("cifar10", [0], 100, dataset=str(copy))
+    assert f"prepare_data.path={copy.resolve()}" in queued[0]
+    assert not any("shared/datasets" in a for a in queued[0])

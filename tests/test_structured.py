@@ -62,7 +62,13 @@ def test_structured_model_reloads_from_card_and_safetensors(tmp_path):
     # the structure is plain JSON channel counts; the weights file is safetensors (no pickle anywhere)
     conv = m.layer1[0].conv1
     assert json.loads((tmp_path / "card.json").read_text())["structure"]["layer1.0.conv1"] == [conv.out_channels, conv.in_channels]
-    assert (tmp_path / "model.safetensors").read_bytes()[:8] != b"\x80\x02\x8a\x0alz"  # not a torch pickle
+    # safetensors layout: 8-byte little-endian header length, then that many bytes of JSON naming every tensor; a
+    # torch.save file starts with a zip header (PK\x03\x04) and a legacy one with a pickle opcode (\x80), and fail this
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert raw[:2] != b"PK" and raw[:1] != b"\x80" and 8 + n <= len(raw)
+    header = json.loads(raw[8 : 8 + n])
+    assert {k for k in header if k != "__metadata__"} == set(m.state_dict())
     loaded, _ = load_model(tmp_path)
     x = torch.randn(4, *SHAPE)
     torch.testing.assert_close(loaded(x), m(x))
