@@ -23,7 +23,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stages.core import precision  # noqa: E402
 from stages.core.artifacts import load_bn_stats  # noqa: E402
 from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_layers  # noqa: E402
 from stages.core.checkpoints import load_model  # noqa: E402
@@ -40,6 +40,11 @@ from stages.core.imageops import pixel_bounds  # noqa: E402
 from stages.core.inversion import balanced_targets, synthesize_set, tv_l2  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.params import load_params, parse_section  # noqa: E402
+
+
+def replace(cfg, **changes):
+    """The synthesize config with ``changes``, validated by the params schema."""
+    return parse_section("synthesize", cfg.model_dump() | changes)
 
 
 def gemm_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -209,7 +214,7 @@ def main() -> None:
         rows[name] = (n, statistics.median(seconds), loss, it, seconds)
 
     student, _ = load_model("models/pruned")
-    dcfg = parse_section("distill", {"epochs": 1})
+    dcfg = parse_section("distill", load_params("distill")["distill"].model_dump() | {"epochs": 1})
     x = torch.randn(args.distill_images, *shape)
     t = time.perf_counter()
     distill(student, teacher, x, dcfg, torch.device("cpu"), 0)
@@ -217,7 +222,13 @@ def main() -> None:
 
     gemm = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
     result = {
-        "machine": {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__},
+        "machine": {
+            "cpu": cpu_name(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "cpu_capability": precision.cpu_capability(),
+            "native_bf16": precision.native_bf16(torch.device("cpu")),
+        },
         "teacher": card["arch"],
         "input_shape": list(shape),
         "batch": args.batch,

@@ -82,7 +82,8 @@ def main() -> None:
         # mean over the batches still running at each step (early stopping and warm start shorten some)
         steps = pd.concat([pd.DataFrame(b.curve, columns=columns).assign(step=range(1, len(b.curve) + 1)) for b in batches])
         curve = steps.groupby("step", as_index=False)[columns].mean()
-    image_iterations = sum(b.iterations * n for b, n in zip(batches, batch_sizes(len(images), cfg.batch_size)))
+    # images x steps, plus compute that is not per image (the generator's warm-up)
+    image_iterations = sum(b.iterations * n + b.extra_image_iterations for b, n in zip(batches, batch_sizes(len(images), cfg.batch_size)))
     bn_initial, bn_final = mean_of(batches, "bn_loss_initial"), mean_of(batches, "bn_loss_final")
     kl_initial, kl_final = mean_of(batches, "bns_kl_initial"), mean_of(batches, "bns_kl_final")
     set_jkl = j_kl(teacher, images16.float(), 256, device)
@@ -121,6 +122,9 @@ def main() -> None:
     )
     with atomic_dir(REPORTS) as tmp:
         curve.to_csv(tmp / "loss.csv", index=False)
+        warm = [r for b in batches for r in b.warmup_curve][: cfg.generator_warmup]  # one process's warm-up (all repeat it)
+        if warm:
+            pd.DataFrame(warm, columns=columns).assign(step=range(1, len(warm) + 1)).to_csv(tmp / "generator_warmup.csv", index=False)
         counts.to_csv(tmp / "class_counts.csv", index=False)
         write_json(
             tmp / "metrics.json",

@@ -19,7 +19,7 @@ from conftest import ROOT
 TINY = {
     "train_teacher": {"max_train_images": 3000, "epochs": 2},
     "synthesize": {"n_images": 40, "batch_size": 20, "iterations": 15, "grid_per_class": 2},
-    "distill": {"epochs": 2, "batch_size": 20},
+    "distill": {"epochs": 10, "batch_size": 20},
     "evaluate": {"jkl_max_images": 2000},
 }
 ALL_STAGES = {

@@ -35,7 +35,7 @@ set one process makes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +44,13 @@ from tqdm import tqdm
 
 from . import precision
 from .bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss, bns_kl, with_input, with_input_target
+from .generator import generator_set
 from .imageops import augment_copies, smoothing_prior
 from .runtime import StageError
 from .training import cosine_lambda
 
-METHODS = ("deepinversion", "gaussian", "inception", "bns", "bns_inception")
-TARGETED = ("deepinversion", "inception", "bns_inception")
+METHODS = ("deepinversion", "gaussian", "inception", "bns", "bns_inception", "generator")
+TARGETED = ("deepinversion", "inception", "bns_inception", "generator")
 # Terms of each method's objective; bn_l2 and bns_kl are also logged for every method as diagnostics.
 METHOD_TERMS = {
     "deepinversion": ("bn", "ce", "tv", "l2"),  # bn = bn_norm or bn_l2 (synthesize.bn_loss)
@@ -57,6 +58,7 @@ METHOD_TERMS = {
     "bns": ("bns_kl", "prior"),
     "bns_inception": ("bns_kl", "prior", "inception"),
     "gaussian": (),
+    "generator": ("bn", "ce", "tv", "l2"),  # DeepInversion's objective, optimized through a generator's weights
 }
 INCEPTION_MAX_EXPONENT = 30.0  # exp(-logit/scale) is capped at e^30 so that very negative logits cannot overflow
 
@@ -95,14 +97,14 @@ def method_losses(method: str, cfg, x: torch.Tensor, xa: torch.Tensor, logits, s
     ``stats`` the hook's BN batch statistics of that forward, ``targets`` one per row of ``xa``.
     """
     objective = set(METHOD_TERMS[method])
-    if method == "deepinversion":
+    if method in ("deepinversion", "generator"):
         objective.add("bn_norm" if cfg.bn_loss == "normalized" else "bn_l2")
     grad = torch.is_grad_enabled()
     t = {}
     for name, fn in (("bn_l2", bn_l2_loss), ("bn_norm", bn_normalized_loss), ("bns_kl", None)):
         with torch.set_grad_enabled(grad and name in objective):  # a logged diagnostic builds no graph
             t[name] = fn(stats, target_stats) if fn else bns_kl(with_input(stats, xa), target_stats)
-    if method == "deepinversion":
+    if method in ("deepinversion", "generator"):
         t["bn"] = t["bn_norm"] if cfg.bn_loss == "normalized" else t["bn_l2"]
         t["ce"] = F.cross_entropy(logits, targets)
         t["tv"] = tv_l2(xa)
@@ -129,6 +131,8 @@ class BatchResult:
     bns_kl_initial: float  # BNS KL (input + BN layers) of the starting noise
     bns_kl_final: float  # ... of the final images
     iterations: int = 0  # optimization steps actually run (early stopping, warm start)
+    extra_image_iterations: int = 0  # compute not per image of this batch (the generator's warm-up, charged to one batch)
+    warmup_curve: list[dict] = field(default_factory=list)  # the generator's warm-up losses (on the batch charged with it)
 
 
 @torch.no_grad()
@@ -200,7 +204,7 @@ def invert_batch(
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         if bad:
             raise StageError(
-                f"synthesize: non-finite loss ({', '.join(f'{k} = {float(terms[k])}' for k in bad)}) in batch {batch}, step {step}: "
+                f"synthesize: non-finite loss ({', '.join(f'{k} = {float(terms[k].detach())}' for k in bad)}) in batch {batch}, step {step}: "
                 f"lower synthesize.lr (now {cfg.lr}) or the loss weights; nothing was written"
             )
         opt.zero_grad(set_to_none=True)
@@ -239,6 +243,36 @@ def batch_generator(seed: int, b: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + b)
 
 
+def generated_set(teacher, target_stats, targets, starts, mine, cfg, bounds, input_shape, seed, device):
+    """``synthesize_set`` for ``method: generator`` (``generator.generator_set``), as (images, targets, results)."""
+
+    def losses(x, xa, logits, stats, t):
+        return method_losses("generator", cfg, x, xa, logits, stats, t, target_stats)
+
+    made = generator_set(
+        teacher,
+        targets,
+        starts,
+        mine,
+        cfg,
+        bounds,
+        input_shape,
+        seed,
+        device,
+        losses,
+        lambda: autocast(cfg, device),
+        batch_generator,
+    )
+    results = []
+    for _b, initial, images, curve, extra, warm in made:
+        l2_i, kl_i = bn_losses_of(teacher, initial.to(device).contiguous(memory_format=torch.channels_last), target_stats)
+        l2_f, kl_f = bn_losses_of(teacher, images.to(device).contiguous(memory_format=torch.channels_last), target_stats)
+        results.append(BatchResult(images, curve, l2_i, l2_f, kl_i, kl_f, len(curve), extra, warm))
+    mine_targets = torch.cat([targets[starts[b] : starts[b] + cfg.batch_size] for b in mine]) if mine else targets[:0]
+    images = torch.cat([r.images for r in results]) if results else torch.empty((0, *input_shape))
+    return images, mine_targets, results
+
+
 def synthesize_set(
     teacher: nn.Module,
     running: dict,
@@ -274,6 +308,8 @@ def synthesize_set(
     if warm and world > 1 and share_pool is None:
         raise ValueError("synthesize_set: warm_start with world > 1 needs share_pool (a broadcast from rank 0)")
     mine = [b for b in range(len(starts)) if b % world == rank]
+    if cfg.method == "generator":
+        return generated_set(teacher, target_stats, targets, starts, mine, cfg, bounds, input_shape, seed, device)
 
     def make(b: int, init=None, iterations=None) -> BatchResult:
         gen = batch_generator(seed, b)

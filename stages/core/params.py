@@ -96,7 +96,7 @@ class ExtractBnStats(Section):
 
 
 class Synthesize(Section):
-    method: Literal["deepinversion", "gaussian", "inception", "bns", "bns_inception"]
+    method: Literal["deepinversion", "gaussian", "inception", "bns", "bns_inception", "generator"]
     n_images: int = num(1, 10_000_000)
     batch_size: int = num(1, 65536)
     iterations: int = num(1, 100_000)
@@ -117,6 +117,12 @@ class Synthesize(Section):
     max_shift: int = num(0, 64)
     flip: bool
     grid_per_class: int = num(1, 64)
+    # method generator: a conditional generator warmed up once, then a few steps per batch (stages/core/generator.py)
+    generator_warmup: int = num(0, 1_000_000)  # Adam steps of the shared starting point (batches of batch_size)
+    generator_steps: int = num(1, 100_000)  # Adam steps per batch from that starting point
+    generator_lr: float = num(0.0, 1.0, lo_open=True)
+    generator_nz: int = num(1, 4096)  # latent size
+    generator_width: int = num(1, 1024)  # channels of the generator's last block (2x in the first)
     precision: Precision  # bfloat16 autocast of the teacher; auto = only where bf16 is native
     early_stop_tol: float = num(0.0, 1.0)  # end a batch when its loss improved < tol (relative) over a window; 0 = off
     early_stop_window: int = num(1, 100_000)
