@@ -82,6 +82,8 @@ def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, devic
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
     curve = []
     num_classes = gen.embed.num_embeddings
+    from .inversion import nonfinite_terms  # inversion imports this module
+
     for step in range(steps):
         zb = torch.randn((cfg.batch_size, cfg.generator_nz), generator=rng) if z is None else z
         yb = torch.randint(0, num_classes, (len(zb),), generator=rng) if y is None else y
@@ -96,7 +98,7 @@ def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, devic
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         if bad:
             raise StageError(
-                f"synthesize (generator): non-finite loss ({', '.join(f'{k} = {float(terms[k].detach())}' for k in bad)}) in {where}, "
+                f"synthesize (generator): non-finite loss ({nonfinite_terms(terms, bad)}) in {where}, "
                 f"step {step}: lower synthesize.generator_lr (now {cfg.generator_lr}); nothing was written"
             )
         opt.zero_grad(set_to_none=True)

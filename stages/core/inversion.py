@@ -70,6 +70,11 @@ def curve_columns(method: str) -> list[str]:
     return ["total", *DIAGNOSTICS, *(t for t in METHOD_TERMS[method] if t not in DIAGNOSTICS)]
 
 
+def nonfinite_terms(terms: dict, bad: list[str]) -> str:
+    """``name = value`` of the non-finite loss terms, for the error message."""
+    return ", ".join(f"{k} = {float(terms[k].detach())}" for k in bad)
+
+
 def tv_l2(x: torch.Tensor) -> torch.Tensor:
     """DeepInversion's l2 total variation: norms of the four neighbour differences."""
     d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
@@ -204,7 +209,7 @@ def invert_batch(
         bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
         if bad:
             raise StageError(
-                f"synthesize: non-finite loss ({', '.join(f'{k} = {float(terms[k].detach())}' for k in bad)}) in batch {batch}, step {step}: "
+                f"synthesize: non-finite loss ({nonfinite_terms(terms, bad)}) in batch {batch}, step {step}: "
                 f"lower synthesize.lr (now {cfg.lr}) or the loss weights; nothing was written"
             )
         opt.zero_grad(set_to_none=True)
