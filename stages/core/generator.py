@@ -68,6 +68,11 @@ class ConditionalGenerator(nn.Module):
         return self.lo + (torch.tanh(x) + 1) / 2 * (self.hi - self.lo)
 
 
+def nonfinite_terms(terms: dict, bad: list[str]) -> str:
+    """``name = value`` of the non-finite loss terms, for the error message."""
+    return ", ".join(f"{k} = {float(terms[k].detach())}" for k in bad)
+
+
 def build_generator(cfg, num_classes: int, shape, bounds, seed: int) -> ConditionalGenerator:
     """The generator with its weights drawn from ``seed`` alone (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
@@ -82,8 +87,6 @@ def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, devic
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
     curve = []
     num_classes = gen.embed.num_embeddings
-    from .inversion import nonfinite_terms  # inversion imports this module
-
     for step in range(steps):
         zb = torch.randn((cfg.batch_size, cfg.generator_nz), generator=rng) if z is None else z
         yb = torch.randint(0, num_classes, (len(zb),), generator=rng) if y is None else y

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from . import precision
 from .bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss, bns_kl, with_input, with_input_target
-from .generator import generator_set
+from .generator import generator_set, nonfinite_terms
 from .imageops import augment_copies, smoothing_prior
 from .runtime import StageError
 from .training import cosine_lambda
@@ -68,11 +68,6 @@ DIAGNOSTICS = ("bn_l2", "bn_norm", "bns_kl")
 
 def curve_columns(method: str) -> list[str]:
     return ["total", *DIAGNOSTICS, *(t for t in METHOD_TERMS[method] if t not in DIAGNOSTICS)]
-
-
-def nonfinite_terms(terms: dict, bad: list[str]) -> str:
-    """``name = value`` of the non-finite loss terms, for the error message."""
-    return ", ".join(f"{k} = {float(terms[k].detach())}" for k in bad)
 
 
 def tv_l2(x: torch.Tensor) -> torch.Tensor:
