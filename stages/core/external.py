@@ -29,8 +29,9 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 def unpickler_reason(e: Exception) -> str:
     """The part of torch.load's refusal that names what the file holds ("Unsupported global: GLOBAL posix.system"),
     without torch's advice to retry with weights_only=False (which would run the file's code)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    named = [line.removeprefix("WeightsUnpickler error: ") for line in lines if "Unsupported" in line or "WeightsUnpickler" in line]
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(e).splitlines()]
+    lines = [line for line in lines if line]
+    named = [line for line in lines if line.startswith("Unsupported")]
     if named:
         return named[0].split(". ")[0]
     return lines[0].split(". ")[0] if lines else type(e).__name__
