@@ -19,6 +19,9 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   methods       synthesis methods of "The Knowledge Within" (gaussian, inception, bns, bns_inception, in-batch
                 augmentation) against deepinversion at the default budget
   distill_recipe  the paper's KD recipe vs ours, x frozen / train-mode / recalibrated BN, and no recovery
+  hard          90% unstructured, structured 75% MACs, 4w4a, 2w4a, 75% + 4w4a, each data-free and `-real` (NOT
+                data-free); hard_cifar10: the same on CIFAR-10 (--dataset)
+  generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
   paper_cpu     the same, scaled to a 2-core CPU (PAPER_CPU_SCALE)
@@ -171,6 +174,31 @@ SWEEPS["distill_recipe"] = {
     "default-recalibrated-frozen-bn": ["distill.freeze_bn=true", "distill.recalibrate_bn=true"],
     "default": [],
 }
+# the settings where data-free recovery is hardest (issue 17), each distilled on the synthetic set (data-free) and, as
+# `<setting>-real`, on as many real training images (NOT data-free); "no recovery" is every run's before-KD accuracy
+HARD = {
+    "unstructured0.9": ["prune.sparsity=0.9"],
+    "structured-macs0.75": ["prune.method=structured", "prune.structured_amount=0.75"],
+    "4w4a": ["prune.sparsity=0", "quantize.weight_bits=4", "quantize.act_bits=4"],
+    "2w4a": ["prune.sparsity=0", "quantize.weight_bits=2", "quantize.act_bits=4"],
+    "unstructured0.75-4w4a": ["quantize.weight_bits=4", "quantize.act_bits=4"],
+}
+ARMS = (("", "synthetic"), ("-real", "real"))
+SWEEPS["hard"] = {f"{k}{arm}": [*v, f"distill.transfer_set={t}"] for k, v in HARD.items() for arm, t in ARMS}
+SWEEPS["hard_cifar10"] = {k: ["data.name=cifar10", DATASET, *v] for k, v in SWEEPS["hard"].items()}
+# generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
+SWEEPS["generator"] = {
+    "from-noise-default": [],
+    "generator-256": ["synthesize.method=generator"],
+    "generator-1024": ["synthesize.method=generator", "synthesize.n_images=1024", "distill.epochs=40"],
+    "generator-1024-w100-s10": [
+        "synthesize.method=generator",
+        "synthesize.n_images=1024",
+        "synthesize.generator_warmup=100",
+        "synthesize.generator_steps=10",
+        "distill.epochs=40",
+    ],
+}
 # bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
 SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
 # the teacher zoo (issue 15): teachers trained outside the pipeline by scripts/make_zoo_teachers.py, each brought in
@@ -193,7 +221,7 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.synthetic.pred_class_balance": "synthetic_class_balance",
     "metrics.j_kl_relative_to_train.synthetic": "synthetic_jkl_rel",
 }
-NEEDS_DATASET = ("paper", "paper_cpu", "cifar10")  # sweeps on a dataset the user names with --dataset
+NEEDS_DATASET = ("paper", "paper_cpu", "cifar10", "hard_cifar10")  # sweeps on a dataset the user names with --dataset
 
 
 def zoo_settings(extra: list[str] = ()) -> dict[str, list[str]]:
