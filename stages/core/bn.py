@@ -25,15 +25,17 @@ def running_stats(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tenso
 
 def invalid_running_stats(stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str | None:
     """Why these BN running statistics cannot be a trained network's, naming the first bad layer; None when they can.
-    A variance must be finite and > 0 (BN divides by sqrt(var + eps), and the BN loss / KL by var); a mean finite."""
+    A mean must be finite; a variance finite and >= 0. A variance of exactly 0 is a dead channel (constant input, e.g.
+    after a ReLU that never fires): trained networks have them (2 channels of the zoo's ShuffleNet-V2) and BN, the BN
+    losses and the BNS KL all add an eps, so it is accepted; a negative variance cannot come from any data."""
     for name, (mu, var) in stats.items():
         for what, t in (("running_mean", mu), ("running_var", var)):
             if not torch.isfinite(t).all():
                 bad = int((~torch.isfinite(t)).sum())
                 return f"BN layer {name}: {what} has {bad} non-finite value(s) of {t.numel()}"
-        if (var <= 0).any():
+        if (var < 0).any():
             return (
-                f"BN layer {name}: running_var has {int((var <= 0).sum())} value(s) <= 0 (min {float(var.min()):g}); a variance must be > 0"
+                f"BN layer {name}: running_var has {int((var < 0).sum())} negative value(s) (min {float(var.min()):g}); a variance is >= 0"
             )
     return None
 
