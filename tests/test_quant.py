@@ -133,3 +133,15 @@ def test_empty_calibration_set_is_a_clear_error(toy_net):
     quantized(toy_net, 4, 4)
     with pytest.raises(ValueError, match="no calibration images"):
         calibrate(toy_net, torch.zeros(0, 1, 8, 8), 8, "minmax", 99.99, "cpu")
+
+
+def test_calibration_stops_on_non_finite_activations_naming_the_batch(toy_net):
+    """A calibration image with inf pixels gives inf activations: one error naming the batch and the layer, before
+    any range is set."""
+    from stages.core.quant import calibrate, layer_bits, quantize_model
+
+    model = quantize_model(toy_net, layer_bits(toy_net, 8, 8, 8))
+    x = torch.randn(10, 1, 8, 8)
+    x[7, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"calibration batch 1: conv1 saw non-finite activations"):
+        calibrate(model, x, 4, "minmax", 99.9, torch.device("cpu"))
