@@ -19,7 +19,7 @@ from conftest import ROOT
 TINY = {
     "train_teacher": {"max_train_images": 3000, "epochs": 2},
     "synthesize": {"n_images": 40, "batch_size": 20, "iterations": 15, "grid_per_class": 2},
-    "distill": {"epochs": 10, "batch_size": 20},
+    "distill": {"epochs": 2, "batch_size": 20},
     "evaluate": {"jkl_max_images": 2000},
 }
 ALL_STAGES = {
@@ -86,7 +86,6 @@ def test_all_stages_run_and_metrics_exist(ws):
     assert ran((ws / "first_repro.log").read_text()) == ALL_STAGES
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert m["teacher"]["accuracy"] > 0.3  # 10 classes: chance is 0.1
-    print("TINY", {k: m[k]["accuracy"] for k in ("teacher", "pruned", "student")})
     assert abs(m["student"]["sparsity"] - 0.75) < 0.005
     assert m["data_free"] is True
     assert m["student"]["nonzero_params"] < m["teacher"]["nonzero_params"]
@@ -131,9 +130,12 @@ def test_dvc_dag_shows_data_free_stages(ws):
 def test_experiment_with_other_sparsity(ws):
     sh(ws, "git", "add", "-A")
     sh(ws, "git", "commit", "-q", "-m", "baseline run")
-    dvc(ws, "exp", "run", "-S", "prune.sparsity=0.9")
+    dvc(ws, "exp", "run", "-S", "prune.sparsity=0.9", "-S", "distill.epochs=40")
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert abs(m["student"]["sparsity"] - 0.9) < 0.005
+    # recovery is real: at 90% the tiny teacher (46% here) falls to ~19% and 80 KD steps on 40 synthetic images bring
+    # the student back to ~33% (measured on the AVX2 CPU); a broken KD (wrong direction, no T^2, no masks) does not
+    assert m["student"]["accuracy"] >= m["pruned"]["accuracy"] + 0.05, (m["pruned"]["accuracy"], m["student"]["accuracy"])
     text = json.dumps(json.loads(dvc(ws, "exp", "show", "--json")))
     assert text.count('"sparsity": 0.9') >= 1 and text.count('"sparsity": 0.75') >= 1
 
