@@ -196,6 +196,8 @@ TABLES = {
     ),
     "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude", "zoo_lamp"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
+    "hard": lambda r: sweep_table(r, ["hard"], ["before", "student", "val", "runs", "failed", "data_free"]),
+    "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
     "benchmark": benchmark,
     "archs": archs,
