@@ -159,6 +159,7 @@ SWEEPS["methods"] = {
     "bns-no-prior": ["synthesize.method=bns", "synthesize.lambda_prior=0"],
     "bns-inception": ["synthesize.method=bns_inception"],
     "bns-4-copies-crop": ["synthesize.method=bns", "synthesize.duplicates=4", "synthesize.iterations=40", "synthesize.crop_min_area=0.7"],
+    "generator": ["synthesize.method=generator"],
 }
 # distillation recipe x BN handling on the default synthetic set, replacing scripts/distill_ablation.py. Every
 # setting is named by all it changes (the old script's "tuned, frozen BN" row also recalibrated BN without saying so).
