@@ -5,7 +5,7 @@ The objective is DeepInversion's (``inversion.method_losses``: the BN term, CE o
 variables are the weights of a generator G(z, y) instead of the pixels. As in Fast-Datafree (Fang et al., AAAI 2022),
 one shared starting point is learned first and each batch starts from it:
 
-1. warm-up: ``generator_warmup`` Adam steps on fresh (z, y) each step (batches of ``batch_size``, class-balanced
+1. warm-up: ``generator_warmup`` Adam steps on fresh (z, y) each step (batches of ``batch_size``, uniformly
    targets) train G from its seeded initialization into a common starting point;
 2. batch b: a copy of that starting point runs ``generator_steps`` Adam steps on batch b's own latent codes and
    targets, then emits its images (pixels clamped to the valid range).
@@ -82,7 +82,7 @@ def build_generator(cfg, num_classes: int, shape, bounds, seed: int) -> Conditio
 
 def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, device, where: str, losses, autocast):
     """``steps`` Adam steps of ``gen`` on latent codes ``z`` (or fresh codes each step when ``z`` is None) and targets
-    ``y`` (or fresh balanced targets). Returns the loss rows. A non-finite loss stops with a StageError naming
+    ``y`` (or fresh uniformly drawn targets). Returns the loss rows. A non-finite loss stops with a StageError naming
     ``where`` and the step."""
     opt = torch.optim.Adam(gen.parameters(), lr=cfg.generator_lr, betas=(0.5, 0.999))
     curve = []
