@@ -5,7 +5,7 @@ The objective is DeepInversion's (``inversion.method_losses``: the BN term, CE o
 variables are the weights of a generator G(z, y) instead of the pixels. As in Fast-Datafree (Fang et al., AAAI 2022),
 one shared starting point is learned first and each batch starts from it:
 
-1. warm-up: ``generator_warmup`` Adam steps on fresh (z, y) each step (batches of ``batch_size``, uniformly
+1. warm-up: ``generator_warmup`` Adam steps on fresh (z, y) each step (batches of ``batch_size``, uniformly drawn
    targets) train G from its seeded initialization into a common starting point;
 2. batch b: a copy of that starting point runs ``generator_steps`` Adam steps on batch b's own latent codes and
    targets, then emits its images (pixels clamped to the valid range).
