@@ -24,6 +24,12 @@ LABELS = {
 }
 
 
+def verdict(m: dict) -> str:
+    """evaluate's data-free verdict and what it was computed from."""
+    word = {True: "yes", False: "**NO**", None: "undetermined"}[m.get("data_free")]
+    return f"{word} ({m['data_free_basis']})" if m.get("data_free_basis") else word
+
+
 def default_run(reports: Path) -> str:
     m = json.loads((reports / "metrics.json").read_text())
     prec = m.get("precision", {})
@@ -44,7 +50,7 @@ def default_run(reports: Path) -> str:
             *rows,
             "",
             f"Gap teacher - student {m['gap_points']:.2f} points ({m['test_images']:,} test images, {m.get('val_images', 0):,} validation "
-            f"images); data-free: {'yes' if m['data_free'] else 'NO'}. Device {m['device']}, CPU capability "
+            f"images); data-free: {verdict(m)}. Device {m['device']}, CPU capability "
             f"{m.get('cpu_capability', '-')}, precision teacher {prec.get('train_teacher') or '-'} / synthesis "
             f"{prec.get('synthesize') or '-'} (native bf16: {prec.get('native_bf16', '-')}). Stage wall times: {times}.",
         ]

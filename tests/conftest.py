@@ -42,3 +42,12 @@ def trained_toy_net():
         for _ in range(50):
             net(torch.randn(32, 1, 8, 8) * 2.0 + 1.5)
     return net.eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Shards and single runs compare bit for bit only at the same thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

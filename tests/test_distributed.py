@@ -17,13 +17,7 @@ def cfg(**kw):
     return section_with("synthesize", **(base | kw))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Shards and single runs compare bit for bit only at the same thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(net, c, rank=0, world=1, share_pool=None):

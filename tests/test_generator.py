@@ -29,12 +29,7 @@ def cfg(**kw):
     return section_with("synthesize", **(base | kw))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(net, c, seed=7, rank=0, world=1):

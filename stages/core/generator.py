@@ -68,9 +68,12 @@ class ConditionalGenerator(nn.Module):
         return self.lo + (torch.tanh(x) + 1) / 2 * (self.hi - self.lo)
 
 
-def nonfinite_terms(terms: dict, bad: list[str]) -> str:
-    """``name = value`` of the non-finite loss terms, for the error message."""
-    return ", ".join(f"{k} = {float(terms[k].detach())}" for k in bad)
+def check_finite(terms: dict, where: str, advice: str) -> None:
+    """One StageError naming the non-finite loss terms (``name = value``), ``where`` they arose and what to change."""
+    bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+    if bad:
+        values = ", ".join(f"{k} = {float(terms[k].detach())}" for k in bad)
+        raise StageError(f"{where.split(':')[0]}: non-finite loss ({values}) in {where.split(': ', 1)[1]}: {advice}; nothing was written")
 
 
 def build_generator(cfg, num_classes: int, shape, bounds, seed: int) -> ConditionalGenerator:
@@ -98,12 +101,7 @@ def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, devic
         with BatchStatsHook(teacher) as hook, autocast:
             logits = teacher(xa)
         terms = losses(x, xa, logits.float(), hook.stats, yb.repeat(cfg.duplicates))
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise StageError(
-                f"synthesize (generator): non-finite loss ({nonfinite_terms(terms, bad)}) in {where}, "
-                f"step {step}: lower synthesize.generator_lr (now {cfg.generator_lr}); nothing was written"
-            )
+        check_finite(terms, f"synthesize (generator): {where}, step {step}", f"lower synthesize.generator_lr (now {cfg.generator_lr})")
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()

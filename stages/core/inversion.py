@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from . import precision
 from .bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss, bns_kl, with_input, with_input_target
-from .generator import generator_set, nonfinite_terms
+from .generator import check_finite, generator_set
 from .imageops import augment_copies, smoothing_prior
 from .runtime import StageError
 from .training import cosine_lambda
@@ -201,12 +201,7 @@ def invert_batch(
         with BatchStatsHook(teacher) as hook, autocast(cfg, device):
             logits = teacher(xa)
         terms = method_losses(cfg.method, cfg, x, xa, logits.float(), hook.stats, targets_a, target_stats)
-        bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise StageError(
-                f"synthesize: non-finite loss ({nonfinite_terms(terms, bad)}) in batch {batch}, step {step}: "
-                f"lower synthesize.lr (now {cfg.lr}) or the loss weights; nothing was written"
-            )
+        check_finite(terms, f"synthesize: batch {batch}, step {step}", f"lower synthesize.lr (now {cfg.lr}) or the loss weights")
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
