@@ -41,8 +41,8 @@ def num(lo, hi, *, lo_open: bool = False, hi_open: bool = False):
     return Field(**{("gt" if lo_open else "ge"): lo, ("lt" if hi_open else "le"): hi})
 
 
-Precision = Literal["auto", "fp32", "bf16"]
-Bits = Literal[2, 3, 4, 5, 6, 7, 8, 32]
+Precision = Literal[PRECISIONS]
+Bits = Literal[BITS]
 Scalar = int | float | bool | str
 
 
@@ -155,7 +155,7 @@ class Prune(Section):
 class Quantize(Section):
     weight_bits: Bits  # per-channel symmetric; 32 = off
     act_bits: Bits  # per-tensor asymmetric, input of every conv/linear; 32 = off
-    first_last_bits: Literal[0, 2, 3, 4, 5, 6, 7, 8, 32]  # first conv and last linear; 0 = as the rest
+    first_last_bits: Literal[(0, *BITS)]  # first conv and last linear; 0 = as the rest
     calibration: Literal["minmax", "percentile"]
     percentile: float = num(50.0, 100.0, lo_open=True)
     calib_images: int = num(0, 10_000_000)  # synthetic images used for calibration; 0 = all
