@@ -32,16 +32,20 @@ def toy_net():
     return ToyBNNet()
 
 
-@pytest.fixture
-def trained_toy_net():
-    """A toy net whose BN running stats come from a non-standard input distribution."""
+def make_trained_toy_net(steps: int = 50) -> ToyBNNet:
+    """A toy net whose BN running stats come from a non-standard input distribution (seeded: the same net each call)."""
     torch.manual_seed(0)
     net = ToyBNNet()
     net.train()
     with torch.no_grad():
-        for _ in range(50):
+        for _ in range(steps):
             net(torch.randn(32, 1, 8, 8) * 2.0 + 1.5)
     return net.eval()
+
+
+@pytest.fixture
+def trained_toy_net():
+    return make_trained_toy_net()
 
 
 @pytest.fixture

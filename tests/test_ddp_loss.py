@@ -5,46 +5,28 @@ DistributedDataParallel's gradient average divides out again). Before, every ran
 averaged those: right only when the batch divides by the process count, and a rank with no rows still counted."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_kd import cfg as kd_cfg
 
-from conftest import ToyBNNet
+from conftest import make_trained_toy_net
 from stages.core.distributed import Context
 from stages.core.kd import distill, kd_loss
 
-CFG = dict(
-    epochs=1,
-    lr=0.5,
-    momentum=0.0,
-    weight_decay=0.0,
-    schedule="constant",
-    temperature=2.0,
-    freeze_bn=True,  # eval-mode BN: the forward of a row does not depend on the other rows of its rank
-    recalibrate_bn=False,
-    max_shift=0,
-    flip=False,
-    iq_beta=0.5,
-    iq_layers="bn1,bn2",
-    mixup_alpha=0.0,
-)
+# test_kd's distillation config; eval-mode BN (freeze_bn): a row's forward does not depend on the other rows of its rank
+CFG = dict(epochs=1, lr=0.5, momentum=0.0, temperature=2.0, freeze_bn=True, iq_beta=0.5)
 
 
 def nets():
-    torch.manual_seed(0)
-    teacher = ToyBNNet()
-    teacher.train()
-    with torch.no_grad():
-        for _ in range(5):
-            teacher(torch.randn(16, 1, 8, 8) * 2 + 1)
+    teacher = make_trained_toy_net(steps=5)
     student = copy.deepcopy(teacher)
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    return teacher.eval(), student
+    return teacher, student
 
 
 def test_rank_losses_sum_to_the_global_batch_mean_gradient():
@@ -71,7 +53,7 @@ def _worker(rank, world, init, batch_size, n, out):
         student,
         teacher,
         x,
-        SimpleNamespace(**CFG, batch_size=batch_size),
+        kd_cfg(**CFG, batch_size=batch_size),
         torch.device("cpu"),
         seed=0,
         ctx=Context(rank, world, torch.device("cpu"), 1),
@@ -86,7 +68,7 @@ def test_two_processes_take_the_single_process_step(tmp_path, batch_size, n):
     teacher, student = nets()
     x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 + 1
     torch.set_num_threads(1)
-    distill(student, teacher, x, SimpleNamespace(**CFG, batch_size=batch_size), torch.device("cpu"), seed=0)
+    distill(student, teacher, x, kd_cfg(**CFG, batch_size=batch_size), torch.device("cpu"), seed=0)
     out = tmp_path / "rank0.pt"
     mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", batch_size, n, str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)

@@ -83,7 +83,7 @@ def build_generator(cfg, num_classes: int, shape, bounds, seed: int) -> Conditio
         return ConditionalGenerator(cfg.generator_nz, num_classes, tuple(shape), cfg.generator_width, bounds)
 
 
-def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, device, where: str, losses, autocast):
+def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, device, where: str, losses, autocast_factory):
     """``steps`` Adam steps of ``gen`` on latent codes ``z`` (or fresh codes each step when ``z`` is None) and targets
     ``y`` (or fresh uniformly drawn targets). Returns the loss rows. A non-finite loss stops with a StageError naming
     ``where`` and the step."""
@@ -98,7 +98,7 @@ def train_steps(gen, teacher, z, y, cfg, steps: int, rng: torch.Generator, devic
         xa = augment_copies(
             x, cfg.duplicates, rng, max_shift=cfg.max_shift, flip=cfg.flip, crop_min_area=cfg.crop_min_area, cutout=cfg.cutout
         )
-        with BatchStatsHook(teacher) as hook, autocast:
+        with BatchStatsHook(teacher) as hook, autocast_factory():
             logits = teacher(xa)
         terms = losses(x, xa, logits.float(), hook.stats, yb.repeat(cfg.duplicates))
         check_finite(terms, f"synthesize (generator): {where}, step {step}", f"lower synthesize.generator_lr (now {cfg.generator_lr})")
@@ -120,7 +120,7 @@ def generator_set(teacher, targets, starts, mine, cfg, bounds, shape, seed, devi
     if cfg.generator_warmup:
         for chunk in tqdm(range(0, cfg.generator_warmup, 10), desc="generator warm-up", unit="10 steps"):
             steps = min(10, cfg.generator_warmup - chunk)
-            warm_curve += train_steps(gen, teacher, None, None, cfg, steps, warm_rng, device, "the warm-up", losses, autocast_factory())
+            warm_curve += train_steps(gen, teacher, None, None, cfg, steps, warm_rng, device, "the warm-up", losses, autocast_factory)
     start = copy.deepcopy(gen.state_dict())
     out = []
     for i, b in enumerate(tqdm(mine, desc="synthesize (generator)", unit="batch")):
@@ -131,7 +131,7 @@ def generator_set(teacher, targets, starts, mine, cfg, bounds, shape, seed, devi
         with torch.no_grad():
             initial = gen(zb.to(device), yb.to(device)).float().cpu()
         where = f"batch {b}"
-        curve = train_steps(gen, teacher, zb, yb, cfg, cfg.generator_steps, rng, device, where, losses, autocast_factory())
+        curve = train_steps(gen, teacher, zb, yb, cfg, cfg.generator_steps, rng, device, where, losses, autocast_factory)
         with torch.no_grad():
             images = gen(zb.to(device), yb.to(device)).clamp(gen.lo, gen.hi).float().cpu()
         if not torch.isfinite(images).all():
