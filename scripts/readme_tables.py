@@ -189,9 +189,64 @@ def zoo(reports: Path) -> str:
     return "\n".join(line for line in f.read_text().splitlines() if line.startswith("|") or line.startswith("Runs without"))
 
 
+EXPORT_LABELS = {
+    "teacher_fp32": "teacher, float32 ONNX",
+    "student_fp32": "student (75% unstructured), float32 ONNX",
+    "int8_synthetic": "student, int8 calibrated on the synthetic set (data-free)",
+    "int8_real": "student, int8 calibrated on real images (**NOT data-free**)",
+}
+
+
+def export(reports: Path) -> str:
+    """The shipped models in ONNX Runtime: the default run's exports, then the export sweep's structured + int8 rows."""
+    m = json.loads((reports / "metrics.json").read_text())
+    if not m.get("export"):
+        return "(no export in reports/metrics.json yet: dvc repro)"
+    e, rt = m["export"], m["export_runtime"]
+    base = e["teacher_fp32"]["latency_ms_b64"]
+    rows = [
+        "| model | real test accuracy | latency ms, batch 1 | batch 64 | vs teacher fp32 at batch 64 | file | data-free |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, label in EXPORT_LABELS.items():
+        if k in e:
+            r = e[k]
+            rows.append(
+                f"| {label} | {r['accuracy']:.2%} | {r['latency_ms_b1']:.2f} | {r['latency_ms_b64']:.1f} "
+                f"| {base / r['latency_ms_b64']:.2f}x "
+                f"| {r['file_bytes'] / 1024:.0f} KiB | {verdict({'data_free': r['data_free']})} |"
+            )
+    summary = reports / "compare" / "summary.csv"
+    df = pd.read_csv(summary) if summary.is_file() else pd.DataFrame(columns=["sweep"])
+    for r in df[df["sweep"] == "export"].to_dict("records"):
+        if pd.isna(r.get("onnx_int8_synthetic_accuracy")):
+            continue
+        t = r["onnx_teacher_fp32_latency_ms_b64"]
+        rows.append(
+            f"| {r['setting']}: student fp32 (export sweep, {int(r['runs'])} run) | {r['onnx_student_fp32_accuracy']:.2%} | - "
+            f"| {r['onnx_student_fp32_latency_ms_b64']:.1f} | {t / r['onnx_student_fp32_latency_ms_b64']:.2f}x | - | yes |"
+        )
+        rows.append(
+            f"| {r['setting']} + int8 (synthetic calibration) | {r['onnx_int8_synthetic_accuracy']:.2%} "
+            f"| {r['onnx_int8_synthetic_latency_ms_b1']:.2f} | {r['onnx_int8_synthetic_latency_ms_b64']:.1f} "
+            f"| {t / r['onnx_int8_synthetic_latency_ms_b64']:.2f}x | {r['onnx_int8_synthetic_bytes'] / 1024:.0f} KiB | yes |"
+        )
+    return "\n".join(
+        [
+            *rows,
+            "",
+            f"From reports/metrics.json (`export`) and reports/compare/summary.csv (sweep `export`). ONNX Runtime "
+            f"{rt['onnxruntime']}, {rt['execution_provider']}, CPU capability {rt['cpu_capability']}, "
+            f"{rt['latency_threads']} thread(s), median of evaluate.latency_repeats runs; each sweep row's speed-up is against "
+            "the teacher timed in the same run.",
+        ]
+    )
+
+
 ABLATIONS = ["sparsity", "n_images", "freeze_bn", "transfer_set"]
 TABLES = {
     "default-run": default_run,
+    "export": export,
     "zoo": zoo,
     "bn-loss": lambda r: sweep(r, "bn_loss"),
     "ablations": lambda r: sweep_table(r, ABLATIONS, ["student", "val", "before", "teacher", "runs", "failed", "data_free"]),

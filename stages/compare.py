@@ -21,6 +21,7 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   distill_recipe  the paper's KD recipe vs ours, x frozen / train-mode / recalibrated BN, and no recovery
   hard          90% unstructured, structured 75% MACs, 4w4a, 2w4a, 75% + 4w4a, each data-free and `-real` (NOT
                 data-free); hard_cifar10: the same on CIFAR-10 (--dataset)
+  export        channel pruning (50% fewer MACs) + ONNX Runtime int8: the shipped model, beside the default run's export
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
@@ -208,6 +209,8 @@ SWEEPS["generator"] = {
         "distill.epochs=20",
     ],
 }
+# the shipped model (issue 18): channel pruning + ONNX Runtime int8, against the default (unstructured) run's export
+SWEEPS["export"] = {"structured-macs0.5": ["prune.method=structured", "prune.structured_amount=0.5"]}
 # bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
 SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
 # the teacher zoo (issue 15): teachers trained outside the pipeline by scripts/make_zoo_teachers.py, each brought in
@@ -229,6 +232,15 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.synthetic.teacher_agreement": "synthetic_agreement",
     "metrics.synthetic.pred_class_balance": "synthetic_class_balance",
     "metrics.j_kl_relative_to_train.synthetic": "synthetic_jkl_rel",
+    # the shipped ONNX models in ONNX Runtime (stage export; export_int8_real is the NOT data-free reference)
+    "metrics.export.teacher_fp32.latency_ms_b64": "onnx_teacher_fp32_latency_ms_b64",
+    "metrics.export.student_fp32.accuracy": "onnx_student_fp32_accuracy",
+    "metrics.export.student_fp32.latency_ms_b64": "onnx_student_fp32_latency_ms_b64",
+    "metrics.export.int8_synthetic.accuracy": "onnx_int8_synthetic_accuracy",
+    "metrics.export.int8_synthetic.latency_ms_b1": "onnx_int8_synthetic_latency_ms_b1",
+    "metrics.export.int8_synthetic.latency_ms_b64": "onnx_int8_synthetic_latency_ms_b64",
+    "metrics.export.int8_synthetic.file_bytes": "onnx_int8_synthetic_bytes",
+    "metrics.export.int8_real.accuracy": "onnx_int8_real_NOT_data_free_accuracy",
 }
 NEEDS_DATASET = ("paper", "paper_cpu", "cifar10", "hard_cifar10")  # sweeps on a dataset the user names with --dataset
 

@@ -16,6 +16,7 @@ from stages.core.artifacts import atomic_dir, library_versions, load_tensors, re
 from stages.core.checkpoints import load_model
 from stages.core.distributed import relaunch, setup
 from stages.core.kd import distill
+from stages.core.live import log_curve
 from stages.core.models import ARCH_CARD_FIELDS
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves
@@ -84,7 +85,7 @@ def main() -> None:
         save_model(tmp, student, card, storage="bitmask" if "masks_sha256" in card and sparsity > 0 else "dense")
     df = pd.DataFrame(history)
     with atomic_dir(REPORTS) as tmp:
-        df.to_csv(tmp / "curve.csv", index=False)
+        log_curve(tmp, history, "epoch")  # live/plots/metrics/{kd_loss,teacher_agreement,...}.tsv
         last = history[-1] if history else {}
         write_json(
             tmp / "metrics.json",

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages.core import precision
+from stages.core import onnx_runtime, precision
 from stages.core.artifacts import atomic_dir, atomic_write_text, load_tensors, read_json, sha256_file, write_json
 from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
@@ -20,7 +20,7 @@ from stages.core.lineage import verdict
 from stages.core.params import load_params
 from stages.core.plots import bars
 from stages.core.pruning import global_sparsity
-from stages.core.runtime import resolve_device, run_stage, seed_everything
+from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything
 from stages.core.similarity import fgsm, jkl_table, noise_sets
 from stages.core.training import accuracy, match_rate, predict
 
@@ -36,6 +36,7 @@ LABELS = {
     "quantized": "quantized, calibration only",
     "student": "recovered student",
 }
+EXPORTS = (Path("models/export"), Path("models/export_real"))  # ONNX models; export_real is NOT data-free
 SYNTHETIC = Path("data/synthetic")
 REPORTS = Path("reports")
 STAGES = ("train_teacher", "synthesize", "distill")
@@ -43,9 +44,11 @@ LATENCY_BATCHES = (1, 64)
 
 
 def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, val: tuple, cfg, device) -> tuple[dict, torch.Tensor]:
-    """One model's row: test accuracy (reported), validation accuracy (for tuning), sparsity, size, MACs, latency."""
+    """One model's row: test accuracy (reported), validation accuracy (for tuning), sparsity, size, MACs, latency;
+    and its test-split logits."""
     model, card = load_model(folder, device)
-    pred = predict(model, x, cfg.batch_size, device, progress=f"{folder.name}: test accuracy").argmax(1)
+    logits = predict(model, x, cfg.batch_size, device, progress=f"{folder.name}: test accuracy")
+    pred = logits.argmax(1)
     x_val, y_val = val
     params = list(model.parameters())
     shape = tuple(card["input_shape"])
@@ -70,7 +73,37 @@ def describe(folder: Path, x: torch.Tensor, y: torch.Tensor, val: tuple, cfg, de
             for b in LATENCY_BATCHES
         },
     }
-    return row, pred
+    return row, logits
+
+
+def exported_rows(pixels: torch.Tensor, y: torch.Tensor, logits: dict[str, torch.Tensor], cfg) -> dict:
+    """Every exported ONNX model run in ONNX Runtime: real test-split accuracy, agreement with the PyTorch model it
+    came from (max |logit difference|, top-1), latency at batch 1 and 64 (evaluate.latency_threads), file size, and
+    its data-free verdict (from the lineage of the folder that holds it)."""
+    shape = tuple(pixels.shape[1:])
+    timing = (cfg.latency_threads, cfg.latency_repeats, cfg.latency_budget_s)
+    rows = {}
+    for folder in EXPORTS:
+        card = read_json(folder / "card.json")
+        basis = verdict(Path("."), str(folder))
+        for name, entry in card.get("models", {}).items():
+            path = folder / entry["file"]
+            if sha256_file(path) != entry["sha256"]:
+                raise StageError(f"{path} does not match the sha256 in {folder / 'card.json'}: rerun dvc repro")
+            out = onnx_runtime.predict(onnx_runtime.session(path, torch.get_num_threads()), pixels, cfg.batch_size, f"{name}: ONNX Runtime")
+            source = logits["teacher" if name.startswith("teacher") else "student"]
+            rows[name] = {
+                "accuracy": match_rate(out.argmax(1), y),
+                "top1_agreement_with_pytorch": match_rate(out.argmax(1), source.argmax(1)),
+                "max_abs_logit_diff_vs_pytorch": float((out - source).abs().max()),
+                **{f"latency_ms_b{b}": onnx_runtime.latency_ms(path, shape, b, *timing) for b in LATENCY_BATCHES},
+                "file_bytes": path.stat().st_size,
+                "format": entry["kind"],
+                "calibration": entry.get("calibration"),
+                "data_free": basis["data_free"],
+                "data_free_basis": basis["basis"],
+            }
+    return rows
 
 
 def real_part(data, part: str, tcard: dict) -> tuple[torch.Tensor, ImageSet]:
@@ -94,8 +127,11 @@ def main() -> None:
     rows, preds = {}, {}
     quantized = bool(read_json(MODELS["quantized"] / "card.json").get("quantization"))
     models = [k for k in MODELS if k != "quantized" or quantized]
+    logits = {}
     for name in tqdm(models, desc="evaluate models", unit="model"):
-        rows[name], preds[name] = describe(MODELS[name], x, test.labels, (x_val, val.labels), cfg, device)
+        rows[name], logits[name] = describe(MODELS[name], x, test.labels, (x_val, val.labels), cfg, device)
+        preds[name] = logits[name].argmax(1)
+    exported = exported_rows(fit_to_input(test.images, tcard["input_shape"]).float() / 255.0, test.labels, logits, cfg)
     scard = read_json(SYNTHETIC / "card.json")
     student_card = read_json(MODELS["student"] / "card.json")
     provenance = verdict(Path("."), str(MODELS["student"]))
@@ -134,6 +170,10 @@ def main() -> None:
         },
         "test_images": len(test.labels),
         "val_images": len(val.labels),
+        # the shipped models, run in ONNX Runtime (stages export / export_int8_real)
+        "export": exported,
+        "export_runtime": onnx_runtime.runtime_facts()
+        | {"cpu_capability": precision.cpu_capability(), "latency_threads": cfg.latency_threads},
     }
     in_class = [test.labels == c for c in range(len(test.classes))]
     per_class = pd.DataFrame(
@@ -184,6 +224,40 @@ def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_t
         f"fgsm_test_eps{cfg.fgsm_eps:g}": fgsm(teacher, x_test, y_test, cfg.fgsm_eps, norm["mean"], norm["std"], cfg.batch_size, device),
     }
     return jkl_table(teacher, sets, ref, cfg.batch_size, device), ref
+
+
+EXPORT_LABELS = {
+    "teacher_fp32": "teacher, float32",
+    "student_fp32": "student, float32",
+    "int8_synthetic": "student, int8 calibrated on the synthetic set",
+    "int8_real": "student, int8 calibrated on real images (**NOT data-free**)",
+}
+
+
+def export_section(m: dict) -> list[str]:
+    """The report's table of the exported ONNX models as ONNX Runtime ran them."""
+    if not m.get("export"):
+        return []
+    rt = m["export_runtime"]
+    rows = [
+        f"| {EXPORT_LABELS.get(k, k)} | {r['accuracy']:.2%} | {r['top1_agreement_with_pytorch']:.2%} "
+        f"| {r['max_abs_logit_diff_vs_pytorch']:.2g} "
+        f"| {r['latency_ms_b1']:.2f} / {r['latency_ms_b64']:.1f} | {r['file_bytes'] / 1024:.0f} KiB | "
+        f"{'yes' if r['data_free'] else 'undetermined' if r['data_free'] is None else '**no**'} |"
+        for k, r in m["export"].items()
+    ]
+    return [
+        "## Shipped models (ONNX, run in ONNX Runtime)",
+        "",
+        f"ONNX Runtime {rt['onnxruntime']}, {rt['execution_provider']}, CPU capability {rt['cpu_capability']}, "
+        f"{rt['latency_threads']} thread(s) while timing. Files in models/export/ (models/export_real/: NOT data-free). "
+        "Agreement: with the PyTorch model each was exported from, on the real test split.",
+        "",
+        "| model | test accuracy | top-1 agreement with PyTorch | max abs logit diff | latency ms, batch 1 / 64 | file | data-free |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def render_report(m: dict, scard: dict, student_card: dict, timings: dict, dataset: str, jkl: list[dict], ref: str, cfg) -> str:
@@ -241,6 +315,7 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
             + (f"; the student recovered {rec:.1%} of the accuracy lost to pruning" if rec is not None else "")
             + f"; it agrees with the teacher on {m['student_teacher_agreement']:.2%} of test images.",
             "",
+            *export_section(m),
             "## Data-free",
             "",
             f"{provenance} {scard['n_images']} synthetic images (method `{method}`) made from the teacher and its BatchNorm "

@@ -17,6 +17,7 @@ from stages.core.checkpoints import load_model
 from stages.core.distributed import asdict_row, merge_shards, relaunch, setup
 from stages.core.imageops import pixel_bounds
 from stages.core.inversion import TARGETED, BatchResult, curve_columns, synthesize_set
+from stages.core.live import log_curve
 from stages.core.params import as_dict, load_params
 from stages.core.plots import curves, image_grid
 from stages.core.runtime import resolve_device, run_stage, seed_everything, timed
@@ -121,7 +122,7 @@ def main() -> None:
         }
     )
     with atomic_dir(REPORTS) as tmp:
-        curve.to_csv(tmp / "loss.csv", index=False)
+        log_curve(tmp, curve.to_dict("records"), "step")  # live/plots/metrics/<loss term>.tsv
         warm = [r for b in batches for r in b.warmup_curve][: cfg.generator_warmup]  # one process's warm-up (all repeat it)
         if warm:
             pd.DataFrame(warm, columns=columns).assign(step=range(1, len(warm) + 1)).to_csv(tmp / "generator_warmup.csv", index=False)

@@ -7,11 +7,15 @@ train_teacher.source = file: bring your own teacher - import a state_dict from m
 (a dependency of this stage, so DVC reruns when the file changes) with the given arch,
 num_classes, input_shape and normalization; nothing is trained and no training data is read.
 Either way the result is models/teacher (safetensors + card), so the later stages run unchanged.
+A long training survives an interruption: the state after every epoch is kept in models/.train_teacher.resume.pt
+and a rerun with the same params, data, code and thread count resumes after the last saved epoch, ending with
+the bytes an uninterrupted run writes (tests/test_resume.py).
 """
 
+import hashlib
+import json
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from stages.core import precision
@@ -19,6 +23,7 @@ from stages.core.artifacts import atomic_dir, library_versions, read_json, save_
 from stages.core.data import channel_stats, class_names, load_part
 from stages.core.external import check_fits, read_state_dict
 from stages.core.imageops import normalize
+from stages.core.live import log_curve
 from stages.core.models import arch_card, build_model, versioned
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
@@ -26,6 +31,9 @@ from stages.core.training import accuracy, train_classifier
 
 OUT = Path("models/teacher")
 REPORTS = Path("reports/train_teacher")
+# per-epoch training state of an unfinished run (not a DVC output: gitignored); a rerun with the same params, data,
+# code and thread count resumes from it, and it is deleted once the outputs are written
+RESUME = Path("models/.train_teacher.resume.pt")
 EXTERNAL = Path("models/external")
 
 
@@ -35,6 +43,22 @@ def teacher_model(cfg, num_classes: int, in_channels: int):
         return build_model(cfg.arch, num_classes, in_channels, cfg.arch_kwargs)
     except ValueError as e:
         raise StageError(f"train_teacher.arch = {cfg.arch!r}: {e}") from e
+
+
+def resume_key(common, data, cfg, ran: str) -> str:
+    """What a checkpoint must match to be resumed: the params, the data, the training code, the precision that ran
+    and the thread count (floating-point sums differ across thread counts, so a resume under another one would not
+    give the uninterrupted run's bytes: it starts over)."""
+    code = [Path(__file__), *(Path(__file__).parent / "core" / f for f in ("training.py", "models.py", "imageops.py", "precision.py"))]
+    facts = {
+        "params": {"common": as_dict(common), "data": as_dict(data), "train_teacher": as_dict(cfg)},
+        "dataset_sha256": sha256_file(Path(data.root) / "SOURCE.json"),
+        "code": {p.name: sha256_file(p) for p in code},
+        "precision": ran,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 def train(common, data, cfg) -> tuple:
@@ -49,9 +73,12 @@ def train(common, data, cfg) -> tuple:
     model = teacher_model(cfg, len(train_set.classes), train_set.input_shape[0])
     ran = precision.resolve(cfg.precision, device, "train_teacher.precision")
     eval_fn = (lambda m: accuracy(m, x_val, val.labels, 1000, device)) if len(val.labels) else None
+    key = resume_key(common, data, cfg, ran)
     timings = {}
     with timed(timings, "wall_s"):
-        history = train_classifier(model, x_train, train_set.labels, cfg, device, common.seed, eval_fn=eval_fn, precision=ran)
+        history = train_classifier(
+            model, x_train, train_set.labels, cfg, device, common.seed, eval_fn=eval_fn, precision=ran, checkpoint=RESUME, key=key
+        )
     val_acc = history[-1].get("val_acc")
     card = {
         "source": "trained",
@@ -139,9 +166,9 @@ def main() -> None:
     }
     with atomic_dir(OUT) as tmp:
         save_model(tmp, model, card)
+    RESUME.unlink(missing_ok=True)  # the outputs are whole: the per-epoch checkpoint is spent
     with atomic_dir(REPORTS) as tmp:
-        cols = ["epoch", "train_loss", "train_acc", "val_acc"]
-        (pd.DataFrame(history) if history else pd.DataFrame(columns=cols)).to_csv(tmp / "history.csv", index=False)
+        log_curve(tmp, history, "epoch")  # live/plots/metrics/{train_loss,train_acc,val_acc}.tsv (empty for a brought teacher)
         write_json(tmp / "metrics.json", metrics)
 
 

@@ -10,8 +10,9 @@ from conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-DATA_FREE = ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill")
-REAL_DATA_BASELINES = ("real_transfer_set",)  # the labelled exception: NOT data-free
+DATA_FREE = ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill", "export")
+REAL_DATA_BASELINES = ("real_transfer_set", "export_int8_real")  # the labelled exceptions: NOT data-free
+REAL_DATA = ("data/raw", "data/real")  # prepare_data's output and real_transfer_set's (real training images)
 
 
 def resolve(dep: str, params=PARAMS) -> str:
@@ -59,9 +60,17 @@ def test_all_stages_present():
     assert set(DVC) == {"prepare_data", "train_teacher", *DATA_FREE, *REAL_DATA_BASELINES, "evaluate"}
 
 
-def test_only_the_labelled_baseline_reads_real_data_after_the_teacher():
-    readers = {s for s in DVC if any(d.startswith("data/raw") for d in dep_paths(s))}
+def test_only_the_labelled_baselines_read_real_data_after_the_teacher():
+    readers = {s for s in DVC if any(d.startswith(REAL_DATA) for d in dep_paths(s))}
     assert readers == {"train_teacher", "evaluate", *REAL_DATA_BASELINES}
+    assert producer("data/real") == "real_transfer_set" and "data/raw" in dep_paths("real_transfer_set")
+
+
+def test_export_calibrates_on_the_synthetic_set_and_the_real_reference_is_apart():
+    """The data-free int8 model's stage reads the synthetic set; the real-calibrated one is its own stage and output."""
+    assert "data/synthetic" in dep_paths("export") and not any(d.startswith(REAL_DATA) for d in dep_paths("export"))
+    assert "data/real" in dep_paths("export_int8_real")
+    assert DVC["export"]["outs"] == ["models/export"] and DVC["export_int8_real"]["outs"] == ["models/export_real"]
 
 
 def test_distill_transfer_set_resolves_to_its_producer():

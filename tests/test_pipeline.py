@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,11 @@ ALL_STAGES = {
     "prune",
     "quantize",
     "distill",
+    "export",
+    "export_int8_real",
     "evaluate",
 }
+AFTER_DISTILL = {"distill", "export", "export_int8_real", "evaluate"}
 
 
 def sh(ws, *args):
@@ -89,13 +93,31 @@ def test_all_stages_run_and_metrics_exist(ws):
     assert abs(m["student"]["sparsity"] - 0.75) < 0.005
     assert m["data_free"] is True
     assert m["student"]["nonzero_params"] < m["teacher"]["nonzero_params"]
-    for f in ("report.md", "synthesize/grid.png", "synthesize/loss.csv", "distill/curve.csv", "prune/sparsity.csv"):
+    for f in ("report.md", "synthesize/grid.png", "synthesize/loss.png", "distill/curve.png", "prune/sparsity.csv"):
         assert (ws / "reports" / f).stat().st_size > 0
+    # curves logged with dvclive: one tsv per metric, a row per step, and what `dvc plots show` renders from them
+    kd = (ws / "reports/distill/live/plots/metrics/kd_loss.tsv").read_text().splitlines()
+    assert kd[0].split("\t") == ["step", "kd_loss"] and len(kd) == 1 + TINY["distill"]["epochs"]
+    assert len((ws / "reports/synthesize/live/plots/metrics/total.tsv").read_text().splitlines()) == 1 + TINY["synthesize"]["iterations"]
+    dvc(ws, "plots", "show", "-o", str(ws.parent / "plots_html"))
+    html = (ws.parent / "plots_html" / "index.html").read_text()
+    assert "Distillation on the transfer set" in html and "Teacher training" in html
     assert "recovered student" in (ws / "reports/report.md").read_text()
     # unstructured student stored as bit mask + nonzeros; quantize is off and passes the pruned model through
     assert m["student"]["storage"] == "bitmask" and m["student"]["file_bytes"] < 0.5 * m["teacher"]["file_bytes"]
     assert "quantized" not in m and m["student"]["bits"] == "fp32"
     assert m["student"]["nonzero_macs"] < 0.5 * m["student"]["macs"] and m["student"]["latency_ms_b64"] > 0
+    # the shipped models, measured in ONNX Runtime on the real test split
+    e = m["export"]
+    assert set(e) == {"teacher_fp32", "student_fp32", "int8_synthetic", "int8_real"}
+    assert e["student_fp32"]["accuracy"] == m["student"]["accuracy"] and e["teacher_fp32"]["accuracy"] == m["teacher"]["accuracy"]
+    assert e["student_fp32"]["max_abs_logit_diff_vs_pytorch"] < 1e-3 and e["student_fp32"]["top1_agreement_with_pytorch"] == 1.0
+    assert e["int8_synthetic"]["data_free"] is True and e["int8_synthetic"]["calibration"]["set"] == "data/synthetic"
+    assert e["int8_real"]["data_free"] is False and e["int8_real"]["calibration"]["set"] == "data/real"
+    assert "real_transfer_set (dep data/raw" in e["int8_real"]["data_free_basis"]
+    assert e["int8_synthetic"]["file_bytes"] < 0.4 * e["student_fp32"]["file_bytes"] and e["int8_synthetic"]["latency_ms_b64"] > 0
+    assert m["export_runtime"]["execution_provider"] == "CPUExecutionProvider" and m["export_runtime"]["cpu_capability"]
+    assert "NOT data-free" in (ws / "reports/report.md").read_text().split("## Shipped models")[1].split("## Data-free")[0]
 
 
 def test_second_repro_is_a_noop(ws):
@@ -106,7 +128,7 @@ def test_second_repro_is_a_noop(ws):
 
 def test_distill_param_change_reruns_only_distill_and_evaluate(ws):
     set_params(ws, distill={"epochs": 3})
-    assert ran(dvc(ws, "repro")) == {"distill", "evaluate"}
+    assert ran(dvc(ws, "repro")) == AFTER_DISTILL
 
 
 def test_same_seed_gives_identical_bytes(ws):
@@ -121,8 +143,10 @@ def test_dvc_dag_shows_data_free_stages(ws):
     out = dvc(ws, "dag", "--dot")
     edges = set(re.findall(r'"([a-z_]+)" -> "([a-z_]+)"', out))
     assert ("prepare_data", "train_teacher") in edges and ("prepare_data", "evaluate") in edges
-    for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill"):
+    for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill", "export"):
         assert ("prepare_data", stage) not in edges
+    assert ("synthesize", "export") in edges and ("real_transfer_set", "export") not in edges
+    assert ("real_transfer_set", "export_int8_real") in edges  # the NOT data-free int8 reference
     assert ("prepare_data", "real_transfer_set") in edges  # the labelled NOT data-free baseline
     assert ("synthesize", "distill") in edges and ("real_transfer_set", "distill") not in edges
 
@@ -148,7 +172,7 @@ def test_experiment_with_another_synthesis_method(ws):
         ws, "exp", "run", "-S", "synthesize.method=bns_inception", "-S", "synthesize.duplicates=2", "-S", "synthesize.crop_min_area=0.8"
     )
     # The baselines take their image count from the synthetic set's card, so they follow it; quantize calibrates on it.
-    assert ran(out) == {"synthesize", "real_transfer_set", "gaussian_transfer_set", "quantize", "distill", "evaluate"}
+    assert ran(out) == {"synthesize", "real_transfer_set", "gaussian_transfer_set", "quantize", *AFTER_DISTILL}
     card = json.loads((ws / "data/synthetic/card.json").read_text())
     assert card["method"] == "bns_inception" and card["n_images"] == 40
     m = json.loads((ws / "reports/metrics.json").read_text())
@@ -165,7 +189,7 @@ def test_experiment_structured_pruning_with_4bit_quantization(ws):
         ws, "exp", "run", "-S", "prune.method=structured", "-S", "prune.structured_amount=0.5", "-S", "quantize.weight_bits=4",
         "-S", "quantize.act_bits=8",
     )  # fmt: skip
-    assert ran(out) == {"prune", "quantize", "distill", "evaluate"}
+    assert ran(out) == {"prune", "quantize", *AFTER_DISTILL}
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert m["recovery_starts_from"] == "quantized" and m["quantized"]["bits"] == m["student"]["bits"] == "4w8a"
     assert m["student"]["macs"] <= 0.5 * m["teacher"]["macs"] and m["student"]["params"] < m["teacher"]["params"]
@@ -174,6 +198,10 @@ def test_experiment_structured_pruning_with_4bit_quantization(ws):
     card = json.loads((ws / "models/student/card.json").read_text())
     assert card["structure"]["layer1.0.conv1"][0] < 16 and card["quantization"]["layers"]["layer1.0.conv1"] == [4, 8]
     assert (ws / "reports/quantize/ranges.csv").read_text().count("\n") > 20
+    ecard = json.loads((ws / "models/export/card.json").read_text())  # the fake-quant student exports its simulation
+    assert ecard["models"]["student_fp32"]["kind"] == "float32, 4w8a simulated"
+    assert ecard["models"]["student_fp32"]["pytorch_check"]["top1_agreement"] >= 0.99
+    assert m["export"]["int8_synthetic"]["accuracy"] > 0.1
     r = sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
     assert "DATA-FREE" in r and "quantize.weight_bits=4" in r
     set_params(ws, prune={"method": "l1_unstructured"}, quantize={"weight_bits": 32, "act_bits": 32})
@@ -185,7 +213,7 @@ def test_experiment_structured_pruning_with_4bit_quantization(ws):
 def test_real_transfer_set_student_is_flagged_not_data_free(ws):
     """distill.transfer_set=real: dvc.lock shows the real-data dep, lineage and the report say NOT data-free."""
     out = dvc(ws, "exp", "run", "-S", "distill.transfer_set=real")
-    assert ran(out) == {"distill", "evaluate"}
+    assert ran(out) == AFTER_DISTILL
     lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
     assert "data/real" in [d["path"] for d in lock["distill"]["deps"]]
     m = json.loads((ws / "reports/metrics.json").read_text())
@@ -216,3 +244,50 @@ def test_two_processes_under_torchrun_make_the_same_set_and_a_student(ws):
     assert d["processes"] == 2 and abs(d["sparsity"] - pruned["sparsity"]) < 0.005 and pruned["sparsity"] > 0.5
     m = json.loads((ws / "reports/metrics.json").read_text())
     assert m["student"]["accuracy"] > 0.1 and m["data_free"] is True
+
+
+def test_interrupted_teacher_stage_resumes_to_the_same_bytes(ws):
+    """Kill train_teacher after an epoch (SIGKILL: no cleanup runs), rerun it: it resumes from its checkpoint and
+    writes the bytes of an uninterrupted run."""
+    set_params(ws, train_teacher={"epochs": 3})
+    stage = [sys.executable, "-m", "stages.train_teacher"]
+    sh(ws, *stage)
+    uninterrupted = sha(ws / "models/teacher/model.safetensors")
+    ckpt = ws / "models/.train_teacher.resume.pt"
+    assert not ckpt.exists()  # spent once the outputs are whole
+    proc = subprocess.Popen(stage, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert ckpt.exists(), "the stage finished (or never checkpointed) before it could be interrupted"
+    assert torch.load(ckpt, weights_only=True)["epoch"] in (1, 2)
+    out = sh(ws, *stage)
+    assert "resume: epochs 1-" in out and not ckpt.exists()
+    assert sha(ws / "models/teacher/model.safetensors") == uninterrupted
+    set_params(ws, train_teacher=TINY["train_teacher"])
+    dvc(ws, "repro")  # back to the tiny teacher (DVC's run cache)
+
+
+def test_artifacts_travel_through_a_dvc_remote(ws, tmp_path):
+    """The way a team shares results: push the finished pipeline to a (local) remote, clone the repo afresh, pull:
+    byte-identical models and data, and `dvc repro` has nothing to run."""
+    dvc(ws, "repro")
+    dvc(ws, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    sh(ws, "git", "add", "-A")
+    sh(ws, "git", "commit", "-q", "-m", "finished tiny pipeline + remote")
+    dvc(ws, "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(ws), str(clone))
+    assert not (clone / "models/student").exists()  # not in git: DVC's
+    dvc(clone, "pull")
+    outs = [o for spec in yaml.safe_load((ws / "dvc.lock").read_text())["stages"].values() for o in spec.get("outs", [])]
+    files = [f for o in outs for f in ([ws / o["path"]] if (ws / o["path"]).is_file() else (ws / o["path"]).rglob("*")) if f.is_file()]
+    assert any("models/export" in str(f) for f in files) and len(files) > 20
+    for f in files:
+        assert sha(clone / f.relative_to(ws)) == sha(f), f.relative_to(ws)
+    out = dvc(clone, "repro")
+    assert ran(out) == set() and "up to date" in out

@@ -88,20 +88,26 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, threa
     torch.set_num_threads(threads)
     try:
         with quantization_disabled(model):
-            t0 = time.perf_counter()
-            model(x)
-            first = time.perf_counter() - t0
-            warmup, timed = WARMUP - 1, repeats
-            if budget_s > 0:
-                warmup = min(warmup, int(0.2 * budget_s / first))
-                timed = max(3, min(repeats, int(0.8 * budget_s / first)))
-            for _ in range(warmup):
-                model(x)
-            times = []
-            for _ in range(timed):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
+            return median_ms(lambda: model(x), repeats, budget_s)
     finally:
         torch.set_num_threads(saved)
+
+
+def median_ms(run, repeats: int, budget_s: float = 0.0) -> float:
+    """Median milliseconds of ``run()`` after warm-up. ``budget_s`` > 0 bounds the time spent: the first run's time
+    decides how many of the ``WARMUP`` warm-up runs and of the ``repeats`` timed ones fit (at least 3 timed)."""
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    warmup, timed = WARMUP - 1, repeats
+    if budget_s > 0:
+        warmup = min(warmup, int(0.2 * budget_s / first))
+        timed = max(3, min(repeats, int(0.8 * budget_s / first)))
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(timed):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)

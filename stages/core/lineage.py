@@ -28,6 +28,9 @@ CARD_INPUTS = {  # card key -> the file whose sha256 it records
     "masks_sha256": "models/pruned/masks.safetensors",
     "quantized_sha256": "models/quantized/model.safetensors",
     "calibration_set_sha256": "data/synthetic/images.safetensors",
+    "student_sha256": "models/student/model.safetensors",
+    "student_fp32_onnx_sha256": "models/export/student_fp32.onnx",
+    "real_calibration_set_sha256": "data/real/images.safetensors",
 }
 # card key -> card key naming the folder under data/ whose images.safetensors it records
 CARD_INPUT_DIRS = {"transfer_set_sha256": "transfer_set"}

@@ -192,6 +192,23 @@ class Evaluate(Section):
     latency_budget_s: float = num(0.0, 3600.0)  # seconds per model and batch size; 0 = no bound
 
 
+class Export(Section):
+    opset: int = num(18, 23)  # ONNX opset of torch.onnx.export (its torch.export-based exporter)
+    teacher: bool  # also export the teacher (float), the reference the student is compared with in ONNX Runtime
+    int8: bool  # ONNX Runtime static int8 (QDQ) of the student, calibrated on the synthetic set
+    calibration: Literal["minmax", "entropy", "percentile"]  # ONNX Runtime's calibrate_method
+    calib_images: int = num(0, 10_000_000)  # calibration images; 0 = the whole synthetic set
+    per_channel: bool  # int8 weights per output channel (else per tensor)
+    activation_type: Literal["int8", "uint8"]  # uint8 (U8S8: ONNX Runtime's fast x86 path) or int8 (S8S8)
+    reduce_range: bool  # 7-bit weights: keeps U8S8 from saturating in the AVX2 / AVX512 (non-VNNI) kernels
+    batch_size: int = num(1, 65536)
+    check_atol: float = num(0.0, 1.0, lo_open=True)  # a float export whose logits differ from PyTorch's by more is refused
+
+
+class ExportInt8Real(Section):
+    n_images: int = num(0, 10_000_000)  # real calibration images (NOT data-free); 0 = as many as export calibrates on
+
+
 SECTIONS: dict[str, type[Section]] = {
     "common": Common,
     "data": Data,
@@ -204,6 +221,8 @@ SECTIONS: dict[str, type[Section]] = {
     "prune": Prune,
     "quantize": Quantize,
     "distill": Distill,
+    "export": Export,
+    "export_int8_real": ExportInt8Real,
     "evaluate": Evaluate,
 }
 

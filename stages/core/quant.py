@@ -26,11 +26,22 @@ from .training import minibatches
 FLOAT_BITS = 32  # bits = 32 means "not quantized"
 
 
+def _fq_arithmetic(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The fake-quant forward written in plain ops (Div, Round, Clip, Sub, Mul) for ONNX export, which has
+    QuantizeLinear only for 8-bit grids: (clamp(round(x * (1 / scale)) + zero, lo, hi) - zero) * scale, in the
+    order of operations of torch's fake_quantize kernels (round half to even, like their nearbyint)."""
+    zero = zero.to(x.dtype)
+    return (torch.clamp(torch.round(x * (1.0 / scale)) + zero, lo, hi) - zero) * scale
+
+
 def _weight_fq(w: torch.Tensor, bits: int) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     flat = w.detach().abs().flatten(1).amax(1)
     scale = (flat / qmax).clamp_min(1e-12).float()
     zero = torch.zeros_like(scale, dtype=torch.int32)
+    if torch.compiler.is_exporting():
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        return _fq_arithmetic(w, scale.reshape(shape), zero.reshape(shape), -qmax, qmax)
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -qmax, qmax)
 
 
@@ -62,6 +73,8 @@ class _FakeQuant:
         if not self.quant_enabled or self.act_bits >= FLOAT_BITS:
             return x
         scale, zero = act_qparams(self.act_lo, self.act_hi, self.act_bits)
+        if torch.compiler.is_exporting():
+            return _fq_arithmetic(x, scale, zero, 0, 2**self.act_bits - 1)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 2**self.act_bits - 1)
 
     def quantized_weight(self) -> torch.Tensor:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +51,39 @@ def cosine_lambda(total_steps: int):
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None, precision: str = "fp32") -> list[dict]:
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint whole (temp file, then rename): a kill mid-write leaves the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, key: str) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to this run (same ``key``: params, data and code), else None.
+    Tensors and plain containers only (``weights_only=True``): a checkpoint cannot run code."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: start over rather than fail (it is only a cache)
+        print(f"resume: ignoring unreadable checkpoint {path} ({type(e).__name__})", flush=True)
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
+
+
+def train_classifier(
+    model, x, y, cfg, device, seed: int, eval_fn=None, precision: str = "fp32", checkpoint: Path | None = None, key: str = ""
+) -> list[dict]:
     """SGD + Nesterov momentum with cosine decay and per-sample shift/flip augmentation.
 
     ``x`` are normalized float images on CPU, ``y`` int64 labels; ``precision`` is a resolved precision
     (``fp32`` or ``bf16`` autocast, see ``precision.resolve``). Returns one history row per epoch;
     ``eval_fn(model)`` (optional) adds the ``val_acc`` column (accuracy on the held-out validation split).
+
+    ``checkpoint``: after every epoch the whole training state (weights, optimizer, schedule, the augmentation RNG,
+    history) is saved there under ``key``; a later call with the same key resumes after the last saved epoch and
+    ends with the same weights, bit for bit, as an uninterrupted run (at the same thread count).
     """
     gen = torch.Generator().manual_seed(seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -69,8 +98,16 @@ def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None, precisio
     )
     steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps))
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
+    history, start = [], 1
+    saved = load_checkpoint(checkpoint, key) if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        history, start = list(saved["history"]), int(saved["epoch"]) + 1
+        print(f"resume: epochs 1-{start - 1} of {cfg.epochs} from {checkpoint}", flush=True)
+    for epoch in range(start, cfg.epochs + 1):
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(list(minibatches(len(x), cfg.batch_size, gen)), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
@@ -94,4 +131,7 @@ def train_classifier(model, x, y, cfg, device, seed: int, eval_fn=None, precisio
             row["val_acc"] = eval_fn(model)
         history.append(row)
         print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        if checkpoint is not None and epoch < cfg.epochs:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            save_checkpoint(checkpoint, {**state, "generator": gen.get_state(), "history": history, "epoch": epoch, "key": key})
     return history
