@@ -203,7 +203,7 @@ def export(reports: Path) -> str:
     if not m.get("export"):
         return "(no export in reports/metrics.json yet: dvc repro)"
     e, rt = m["export"], m["export_runtime"]
-    base = e["teacher_fp32"]["latency_ms_b64"]
+    base = e.get("teacher_fp32", {}).get("latency_ms_b64")  # export.teacher: false exports no teacher
     rows = [
         "| model | real test accuracy | latency ms, batch 1 | batch 64 | vs teacher fp32 at batch 64 | file | data-free |",
         "|---|---|---|---|---|---|---|",
@@ -211,9 +211,10 @@ def export(reports: Path) -> str:
     for k, label in EXPORT_LABELS.items():
         if k in e:
             r = e[k]
+            speed = f"{base / r['latency_ms_b64']:.2f}x" if base else "-"
             rows.append(
                 f"| {label} | {r['accuracy']:.2%} | {r['latency_ms_b1']:.2f} | {r['latency_ms_b64']:.1f} "
-                f"| {base / r['latency_ms_b64']:.2f}x "
+                f"| {speed} "
                 f"| {r['file_bytes'] / 1024:.0f} KiB | {verdict({'data_free': r['data_free']})} |"
             )
     summary = reports / "compare" / "summary.csv"
@@ -257,7 +258,7 @@ TABLES = {
     ),
     "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude", "zoo_lamp"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
-    "hard": lambda r: sweep_table(r, ["hard"], ["before", "student", "val", "runs", "failed", "data_free"]),
+    "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
     "benchmark": benchmark,

@@ -131,6 +131,10 @@ def test_brought_teacher_is_pruned_recovered_and_reported(byo):
     assert m["data_free"] is True and "j_kl_relative_to_test" in m  # no train split: J_KL relative to the test split
     assert "recovered student" in (byo / "reports/report.md").read_text()
     assert json.loads((byo / "data/real/card.json").read_text())["available"] is False
+    # the stock torchvision net ships too: ONNX float (same predictions) and data-free int8; no real images, no int8_real
+    assert set(m["export"]) == {"teacher_fp32", "student_fp32", "int8_synthetic"} and m["export"]["int8_synthetic"]["data_free"] is True
+    assert m["export"]["student_fp32"]["top1_agreement_with_pytorch"] == 1.0
+    assert json.loads((byo / "models/export_real/card.json").read_text())["reason"].startswith("no real training images")
     lineage = sh(byo, sys.executable, "-m", "stages.lineage", "models/student")
     assert "DATA-FREE" in lineage and "train_teacher.source=file" in lineage and "file_sha256" in lineage
 

@@ -52,7 +52,7 @@ def dvc(ws, *args):
 
 
 def ran(output):
-    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+    return set(re.findall(r"Running stage '([a-z0-9_]+)'", output))
 
 
 def sha(path):
@@ -141,7 +141,7 @@ def test_same_seed_gives_identical_bytes(ws):
 
 def test_dvc_dag_shows_data_free_stages(ws):
     out = dvc(ws, "dag", "--dot")
-    edges = set(re.findall(r'"([a-z_]+)" -> "([a-z_]+)"', out))
+    edges = set(re.findall(r'"([a-z0-9_]+)" -> "([a-z0-9_]+)"', out))
     assert ("prepare_data", "train_teacher") in edges and ("prepare_data", "evaluate") in edges
     for stage in ("extract_bn_stats", "synthesize", "gaussian_transfer_set", "prune", "quantize", "distill", "export"):
         assert ("prepare_data", stage) not in edges
