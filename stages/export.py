@@ -10,39 +10,18 @@ Runtime on the real test split.
 
 from pathlib import Path
 
-import torch
-
 from stages.core import precision
 from stages.core.artifacts import atomic_dir, library_versions, sha256_file, write_json
 from stages.core.checkpoints import load_model
-from stages.core.onnx_export import calibration_pixels, export_onnx, quantize_int8, versions
-from stages.core.onnx_runtime import predict, runtime_facts, session
+from stages.core.onnx_export import calibration_pixels, check_against_pytorch, export_onnx, quantize_int8, versions
+from stages.core.onnx_runtime import runtime_facts
 from stages.core.params import as_dict, load_params
 from stages.core.runtime import StageError, run_stage, seed_everything, timed
-from stages.core.training import match_rate
 
 TEACHER = Path("models/teacher")
 STUDENT = Path("models/student")
 SYNTHETIC = Path("data/synthetic")
 OUT = Path("models/export")
-
-
-def check_against_pytorch(model, onnx_path: Path, pixels: torch.Tensor, norm: dict, cfg, what: str, simulated: bool) -> dict:
-    """Max |logit difference| and top-1 agreement of the ONNX graph against the PyTorch model. A float graph that
-    differs by more than export.check_atol is refused; a fake-quant graph (``simulated``: its rounding steps can land
-    on the other side of a tie under another kernel's float order) must agree on >= 99% of the top-1 labels."""
-    mean = torch.tensor(norm["mean"]).reshape(1, -1, 1, 1)
-    std = torch.tensor(norm["std"]).reshape(1, -1, 1, 1)
-    b = cfg.batch_size
-    with torch.no_grad():
-        ref = torch.cat([model((pixels[i : i + b] - mean) / std).float() for i in range(0, len(pixels), b)])
-    got = predict(session(onnx_path, 0), pixels, b, f"{what}: ONNX vs PyTorch")
-    diff, agree = float((got - ref).abs().max()), match_rate(got.argmax(1), ref.argmax(1))
-    if simulated and not agree >= 0.99:
-        raise StageError(f"{what}: the exported fake-quant graph agrees with PyTorch on only {agree:.2%} of the top-1 labels")
-    if not simulated and not diff <= cfg.check_atol:
-        raise StageError(f"{what}: the ONNX graph's logits differ from PyTorch's by {diff:.3g} > export.check_atol = {cfg.check_atol}")
-    return {"max_abs_logit_diff": diff, "top1_agreement": agree, "images": len(pixels), "simulated_quantization": simulated}
 
 
 def main() -> None:

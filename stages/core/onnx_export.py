@@ -27,7 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .artifacts import load_tensors
+from .onnx_runtime import predict, session
 from .runtime import StageError
+from .training import match_rate
 
 INPUT, OUTPUT = "pixels", "logits"
 
@@ -161,3 +163,21 @@ def calibration_pixels(folder: Path, n: int, norm: dict) -> tuple[torch.Tensor, 
     tol = 0.5 / 255  # float16 storage rounds a 0 or a 1 by less than half a grey level: not an overshoot
     clipped = float(((pixels < -tol) | (pixels > 1 + tol)).float().mean())
     return pixels.clamp(0, 1), {"images": len(pixels), "clipped_pixel_fraction": round(clipped, 6)}
+
+
+def check_against_pytorch(model, onnx_path: Path, pixels: torch.Tensor, norm: dict, cfg, what: str, simulated: bool) -> dict:
+    """Max |logit difference| and top-1 agreement of the ONNX graph against the PyTorch model. A float graph that
+    differs by more than export.check_atol is refused; a fake-quant graph (``simulated``: its rounding steps can land
+    on the other side of a tie under another kernel's float order) must agree on >= 99% of the top-1 labels."""
+    mean = torch.tensor(norm["mean"]).reshape(1, -1, 1, 1)
+    std = torch.tensor(norm["std"]).reshape(1, -1, 1, 1)
+    b = cfg.batch_size
+    with torch.no_grad():
+        ref = torch.cat([model((pixels[i : i + b] - mean) / std).float() for i in range(0, len(pixels), b)])
+    got = predict(session(onnx_path, 0), pixels, b, f"{what}: ONNX vs PyTorch")
+    diff, agree = float((got - ref).abs().max()), match_rate(got.argmax(1), ref.argmax(1))
+    if simulated and not agree >= 0.99:
+        raise StageError(f"{what}: the exported fake-quant graph agrees with PyTorch on only {agree:.2%} of the top-1 labels")
+    if not simulated and not diff <= cfg.check_atol:
+        raise StageError(f"{what}: the ONNX graph's logits differ from PyTorch's by {diff:.3g} > export.check_atol = {cfg.check_atol}")
+    return {"max_abs_logit_diff": diff, "top1_agreement": agree, "images": len(pixels), "simulated_quantization": simulated}
