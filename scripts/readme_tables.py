@@ -16,12 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {
-    "teacher": "teacher",
-    "pruned": "pruned, before recovery",
-    "quantized": "quantized, calibration only",
-    "student": "recovered student",
-}
+sys.path.insert(0, str(ROOT))
+from stages.core.labels import EXPORT_LABELS, MODEL_LABELS  # noqa: E402
 
 
 def verdict(m: dict) -> str:
@@ -37,7 +33,7 @@ def default_run(reports: Path) -> str:
         "| model | real test accuracy | validation accuracy | conv+linear sparsity | nonzero params | CPU latency batch 64 (ms) |",
         "|---|---|---|---|---|---|",
     ]
-    for k, label in LABELS.items():
+    for k, label in MODEL_LABELS.items():
         if k in m:
             r = m[k]
             val = "-" if r.get("val_accuracy") is None else f"{r['val_accuracy']:.2%}"
@@ -187,14 +183,6 @@ def zoo(reports: Path) -> str:
     if not f.is_file():
         return "(no zoo runs yet: reports/compare/zoo.md)"
     return "\n".join(line for line in f.read_text().splitlines() if line.startswith("|") or line.startswith("Runs without"))
-
-
-EXPORT_LABELS = {
-    "teacher_fp32": "teacher, float32 ONNX",
-    "student_fp32": "student (75% unstructured), float32 ONNX",
-    "int8_synthetic": "student, int8 calibrated on the synthetic set (data-free)",
-    "int8_real": "student, int8 calibrated on real images (**NOT data-free**)",
-}
 
 
 def export(reports: Path) -> str:

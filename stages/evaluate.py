@@ -16,6 +16,7 @@ from stages.core.checkpoints import load_model
 from stages.core.cost import effective_bits, latency_ms, macs
 from stages.core.data import ImageSet, fit_to_input, has_split, load_part
 from stages.core.imageops import normalize
+from stages.core.labels import EXPORT_LABELS, MODEL_LABELS
 from stages.core.lineage import verdict
 from stages.core.params import load_params
 from stages.core.plots import bars
@@ -29,12 +30,6 @@ MODELS = {
     "pruned": Path("models/pruned"),
     "quantized": Path("models/quantized"),  # a row only when quantize is on: calibration only, before KD
     "student": Path("models/student"),
-}
-LABELS = {
-    "teacher": "teacher",
-    "pruned": "pruned, before recovery",
-    "quantized": "quantized, calibration only",
-    "student": "recovered student",
 }
 EXPORTS = (Path("models/export"), Path("models/export_real"))  # ONNX models; export_real is NOT data-free
 SYNTHETIC = Path("data/synthetic")
@@ -226,14 +221,6 @@ def similarity_table(seed: int, data, cfg, norm: dict, x_test: torch.Tensor, y_t
     return jkl_table(teacher, sets, ref, cfg.batch_size, device), ref
 
 
-EXPORT_LABELS = {
-    "teacher_fp32": "teacher, float32",
-    "student_fp32": "student, float32",
-    "int8_synthetic": "student, int8 calibrated on the synthetic set",
-    "int8_real": "student, int8 calibrated on real images (**NOT data-free**)",
-}
-
-
 def export_section(m: dict) -> list[str]:
     """The report's table of the exported ONNX models as ONNX Runtime ran them."""
     if not m.get("export"):
@@ -267,7 +254,7 @@ def render_report(m: dict, scard: dict, student_card: dict, timings: dict, datas
         f"| {label} | {m[k]['accuracy']:.2%} | {m[k]['bits']} | {m[k]['sparsity']:.4f} | {m[k]['nonzero_params']:,} / {m[k]['params']:,} "
         f"| {m[k]['macs'] / 1e6:.2f} M ({m[k]['nonzero_macs'] / 1e6:.2f} M) | {m[k]['effective_bits'] / 8 / 1024:.0f} KiB "
         f"| {m[k]['file_bytes'] / 1024:.0f} KiB ({m[k]['storage']}) | {m[k]['latency_ms_b1']:.2f} / {m[k]['latency_ms_b64']:.1f} |"
-        for k, label in LABELS.items()
+        for k, label in MODEL_LABELS.items()
         if k in m
     ]
     method = scard.get("method", "deepinversion")
