@@ -13,12 +13,22 @@ reporting images x iterations per second, the final BN-L2 loss (no augmentation)
 GFLOP/s (FLOPs of one forward + backward counted by torch.utils.flop_counter) next to dense GEMMs
 (fp32, bf16) timed in the same run as the machine's limit, plus distillation samples/s (fp32 and
 bf16 teacher). Writes <out>/synthesis.json and synthesis.md.
+
+Part two, time to accuracy (``--parts time_to_accuracy``): image x iterations are not comparable between a
+generator and per-image optimization, so each row makes a whole synthetic set, distils the default student
+(models/quantized + its masks) from it with the same number of KD steps, and measures the student on the real
+**validation** part (never the test split): wall seconds to a set against the recovered accuracy. The target is
+the paper budget (1024 images x 200 iterations from noise, fp32) made by the pipeline; the reference loop's
+time for that budget is measured on one batch of 256 x 200 and scaled by the batch count (its batches are
+independent and cost the same). Rows: the reference loop, the paper budget, today's default, and the
+``generator`` method at several budgets. A part not run keeps its previous section of synthesis.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -33,13 +43,16 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core import precision  # noqa: E402
-from stages.core.artifacts import load_bn_stats  # noqa: E402
+from stages.core.artifacts import load_bn_stats, load_tensors  # noqa: E402
 from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_layers  # noqa: E402
 from stages.core.checkpoints import load_model  # noqa: E402
-from stages.core.imageops import pixel_bounds  # noqa: E402
+from stages.core.data import fit_to_input, load_part  # noqa: E402
+from stages.core.imageops import normalize, pixel_bounds  # noqa: E402
 from stages.core.inversion import balanced_targets, synthesize_set, tv_l2  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.params import load_params, parse_section  # noqa: E402
+from stages.core.pruning import apply_masks  # noqa: E402
+from stages.core.training import accuracy  # noqa: E402
 
 
 def replace(cfg, **changes):
@@ -160,19 +173,8 @@ def sharded_run(cfg, world: int) -> tuple[float, float, int]:
     return max(o[0] for o in out), sum(losses) / len(losses), sum(iters) / len(iters)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--iterations", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--distill-images", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds over all rows; each row reports its median time")
-    ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    teacher, card = load_model("models/teacher")
-    teacher.eval().requires_grad_(False)
-    running = load_bn_stats(Path("models/bn_stats/stats.safetensors"), {n: m.num_features for n, m in bn_layers(teacher)})
+def throughput(args, teacher, card, running) -> dict:
+    """Part one: image x iterations per second of the loops and levers on one batch (the section's rows)."""
     shape = tuple(card["input_shape"])
     base = replace(load_params("synthesize")["synthesize"], n_images=args.batch, batch_size=args.batch, iterations=args.iterations)
     # the reference loop is DeepInversion's own (sum-of-L2 BN loss): time the pipeline on the same objective
@@ -222,13 +224,7 @@ def main() -> None:
 
     gemm = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
     result = {
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "cpu_capability": precision.cpu_capability(),
-            "native_bf16": precision.native_bf16(torch.device("cpu")),
-        },
+        "machine": machine(args.threads),
         "teacher": card["arch"],
         "input_shape": list(shape),
         "batch": args.batch,
@@ -249,14 +245,21 @@ def main() -> None:
             for name, (n, s, loss, it, all_s) in rows.items()
         },
         "distill_samples_per_s": distill_sps,
+        "distill_images": args.distill_images,
     }
+    return result
+
+
+def throughput_lines(result: dict) -> list[str]:
+    m, gemm = result["machine"], result["gemm_gflops"]
     ref_speed = next(iter(result["synthesis"].values()))["image_iterations_per_s"]
-    lines = [
-        f"# Synthesis benchmark ({card['arch']} teacher, {list(shape)}, batch {args.batch}, {args.iterations} iterations, "
-        f"{args.threads} threads, torch {torch.__version__}, {cpu_name()}; median of {args.repeats} interleaved rounds)",
+    return [
+        f"# Synthesis benchmark ({result['teacher']} teacher, {result['input_shape']}, batch {result['batch']}, "
+        f"{result['iterations']} iterations, {m['threads']} threads, torch {m['torch']}, {m['cpu']}, CPU capability "
+        f"{m.get('cpu_capability', '?')}; median of {result['repeats']} interleaved rounds)",
         "",
         f"GEMM 2048^3 in the same run: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s. "
-        f"One inversion step costs {flops / 1e9:.4f} GFLOP per image (forward + backward, fp32 count).",
+        f"One inversion step costs {result['gflop_per_image_iteration']:.4f} GFLOP per image (forward + backward, fp32 count).",
         "",
         "| loop | images | iterations run | image x iterations / s | speed-up | achieved GFLOP/s | final BN-L2 loss |",
         "|---|---|---|---|---|---|---|",
@@ -266,12 +269,168 @@ def main() -> None:
             for n, r in result["synthesis"].items()
         ],
         "",
-        f"Distillation (1 epoch on {args.distill_images} images, pruned student, fp32): {distill_sps:.0f} samples/s.",
+        f"Distillation (1 epoch on {result.get('distill_images', 1024)} images, pruned student, fp32): "
+        f"{result['distill_samples_per_s']:.0f} samples/s.",
     ]
+
+
+def machine(threads: int) -> dict:
+    return {
+        "cpu": cpu_name(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "cpu_capability": precision.cpu_capability(),
+        "native_bf16": precision.native_bf16(torch.device("cpu")),
+    }
+
+
+def recovered_accuracy(x: torch.Tensor, teacher, kd_steps: int, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, float]:
+    """Distil a fresh copy of the default student (models/quantized + masks) on ``x`` for ``kd_steps`` SGD steps with
+    distill's params; returns (accuracy on the validation images, distillation seconds)."""
+    student, _ = load_model("models/quantized")
+    masks = Path("models/quantized/masks.safetensors")
+    if masks.is_file():
+        apply_masks(student, load_tensors(masks))
+    dcfg = load_params("distill")["distill"]
+    epochs = max(1, round(kd_steps / math.ceil(len(x) / dcfg.batch_size)))
+    dcfg = parse_section("distill", dcfg.model_dump() | {"epochs": epochs})
+    cl = [m.to(memory_format=torch.channels_last) for m in (student, teacher)]
+    t = time.perf_counter()
+    distill(cl[0], cl[1], x, dcfg, torch.device("cpu"), 0)
+    seconds = time.perf_counter() - t
+    teacher.to(memory_format=torch.contiguous_format)
+    return accuracy(student, x_val, y_val, 1000, torch.device("cpu")), seconds
+
+
+def time_to_accuracy(args, teacher, card, running) -> dict:
+    """Part two: wall seconds to a synthetic set and the accuracy it recovers (validation part), per method."""
+    shape = tuple(card["input_shape"])
+    bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
+    data = load_params("data")["data"]
+    val = load_part(data.name, data.root, "val", data.val_fraction)
+    norm = card["normalization"]
+    x_val = normalize(fit_to_input(val.images, shape), norm["mean"], norm["std"])
+    default = load_params("synthesize")["synthesize"]
+    dflt_distill = load_params("distill")["distill"]
+    kd_steps = args.kd_steps or dflt_distill.epochs * math.ceil(default.n_images / dflt_distill.batch_size)
+    n, its = args.paper_budget
+    paper = replace(default, method="deepinversion", n_images=n, iterations=its, precision="fp32", warm_start=0.0, early_stop_tol=0.0)
+    rows = {  # name -> synthesize config (None: the reference loop)
+        f"reference loop (fp32, NCHW, hooks, Adam), paper budget {n} x {its}": None,
+        f"pipeline from noise, paper budget {n} x {its} fp32 (the target accuracy)": paper,
+        f"pipeline default ({default.method}, {default.n_images} x {default.iterations}, "
+        f"precision {default.precision} = {precision.resolve(default.precision, torch.device('cpu'), 'synthesize.precision')})": default,
+    }
+    for n, warmup, steps in args.generator_budgets:
+        gen = replace(default, method="generator", n_images=n, generator_warmup=warmup, generator_steps=steps)
+        rows[f"generator {n} images, warmup {warmup} + {steps} steps per batch"] = gen
+    out, ref_seconds = {}, None
+    for name, cfg in rows.items():
+        torch.set_num_threads(args.threads)
+        if cfg is None:  # DeepInversion's own loop on one batch of the paper's budget, times the batch count
+            b = min(paper.batch_size, n)
+            ref_cfg = replace(paper, bn_loss="l2", lambda_bn=1.0, n_images=b, batch_size=b)
+            seconds, _, _ = reference_loop(teacher, running, balanced_targets(b, card["num_classes"]), shape, ref_cfg, 0)
+            ref_seconds = seconds * math.ceil(n / b)
+            measured = f"1 batch of {b} x {its}, x {math.ceil(n / b)}"
+            out[name] = {"images": n, "synthesis_s": ref_seconds, "measured": measured, "accuracy": None}
+            print(f"{name}: {ref_seconds:.0f} s", flush=True)
+            continue
+        cl = teacher.to(memory_format=torch.channels_last)
+        t = time.perf_counter()
+        x, _, _ = synthesize_set(cl, running, card["num_classes"], shape, bounds, cfg, 0, torch.device("cpu"))
+        seconds = time.perf_counter() - t
+        teacher.to(memory_format=torch.contiguous_format)
+        acc, kd_s = recovered_accuracy(x, teacher, kd_steps, x_val, val.labels)
+        out[name] = {"images": len(x), "synthesis_s": seconds, "distill_s": kd_s, "accuracy": acc, "method": cfg.method}
+        print(f"{name}: {seconds:.0f} s synthesis, recovered {100 * acc:.2f}% (validation)", flush=True)
+    target = next(r["accuracy"] for r in out.values() if r["accuracy"] is not None)
+    for r in out.values():
+        r["speedup_vs_reference"] = ref_seconds / r["synthesis_s"]
+        r["reaches_target"] = None if r["accuracy"] is None else bool(r["accuracy"] >= target - args.tolerance / 100)
+    return {
+        "machine": machine(args.threads),
+        "teacher": card["arch"],
+        "kd_steps": kd_steps,
+        "validation_images": len(val.labels),
+        "tolerance_points": args.tolerance,
+        "target_accuracy": target,
+        "rows": out,
+    }
+
+
+def time_to_accuracy_lines(result: dict) -> list[str]:
+    m = result["machine"]
+    lines = [
+        f"## Time to accuracy ({result['teacher']} teacher, {m['threads']} threads, torch {m['torch']}, {m['cpu']}, "
+        f"CPU capability {m['cpu_capability']})",
+        "",
+        f"Each row makes a whole synthetic set, then the default student is distilled on it for {result['kd_steps']} KD "
+        f"steps and measured on the real validation part ({result['validation_images']} images; the test split is "
+        f"not read). Target: the paper budget's {100 * result['target_accuracy']:.2f}%; a row reaches it within "
+        f"{result['tolerance_points']} points. Speed-up = the reference loop's time for the paper budget / the row's.",
+        "",
+        "| synthesis | images | synthesis s | speed-up vs reference | recovered (validation) | reaches target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["rows"].items():
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
+        reach = "-" if r["reaches_target"] is None else ("yes" if r["reaches_target"] else "**no**")
+        lines.append(f"| {name} | {r['images']} | {r['synthesis_s']:.0f} | {r['speedup_vs_reference']:.1f}x | {acc} | {reach} |")
+    return lines
+
+
+def budget(text: str) -> tuple[int, int, int]:
+    try:
+        n, warmup, steps = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected IMAGES:WARMUP:STEPS, e.g. 1024:100:10") from None
+    return n, warmup, steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", nargs="+", choices=("throughput", "time_to_accuracy"), default=["throughput", "time_to_accuracy"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--distill-images", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all rows; each row reports its median time")
+    ap.add_argument("--kd-steps", type=int, default=0, help="time to accuracy: KD steps per row; 0 = the default run's")
+    ap.add_argument("--paper-budget", type=int, nargs=2, default=[1024, 200], metavar=("IMAGES", "ITERATIONS"))
+    ap.add_argument("--tolerance", type=float, default=0.3, help="time to accuracy: points below the target that still count")
+    ap.add_argument(
+        "--generator-budgets",
+        type=budget,
+        nargs="+",
+        default=[(256, 200, 20), (1024, 100, 10), (2048, 100, 5)],
+        help="time to accuracy: generator rows as IMAGES:WARMUP:STEPS",
+    )
+    ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    teacher, card = load_model("models/teacher")
+    teacher.eval().requires_grad_(False)
+    running = load_bn_stats(Path("models/bn_stats/stats.safetensors"), {n: m.num_features for n, m in bn_layers(teacher)})
+    path = args.out / "synthesis.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}  # a part not run keeps its earlier section
+    if "throughput" in args.parts:
+        result |= throughput(args, teacher, card, running)
+    if "time_to_accuracy" in args.parts:
+        result["time_to_accuracy"] = time_to_accuracy(args, teacher, card, running)
+    lines = throughput_lines(result) if "synthesis" in result else []
+    if "time_to_accuracy" in result:
+        lines += ["", *time_to_accuracy_lines(result["time_to_accuracy"])]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "synthesis.md").write_text("\n".join(lines) + "\n")
+    write_whole(path, json.dumps(result, indent=2) + "\n")
+    write_whole(args.out / "synthesis.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def write_whole(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def cpu_name() -> str:

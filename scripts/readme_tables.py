@@ -166,6 +166,30 @@ def benchmark(reports: Path) -> str:
     return "\n".join(lines)
 
 
+def time_to_accuracy(reports: Path) -> str:
+    f = reports / "benchmarks" / "synthesis.json"
+    b = json.loads(f.read_text()) if f.is_file() else {}
+    if "time_to_accuracy" not in b:
+        return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
+    t, mach = b["time_to_accuracy"], b["time_to_accuracy"]["machine"]
+    lines = [
+        "| synthesis | images | synthesis s | speed-up vs reference loop | recovered (validation) | reaches the target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in t["rows"].items():
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}"
+        reach = "-" if r["reaches_target"] is None else ("yes" if r["reaches_target"] else "**no**")
+        lines.append(f"| {name} | {r['images']} | {r['synthesis_s']:.0f} | {r['speedup_vs_reference']:.1f}x | {acc} | {reach} |")
+    lines += [
+        "",
+        f"From `reports/benchmarks/synthesis.json` (`time_to_accuracy`): teacher {t['teacher']}, every set distilled into the "
+        f"default student for {t['kd_steps']} KD steps, accuracy on the {t['validation_images']} validation images; target "
+        f"{t['target_accuracy']:.2%} (the paper budget), reached within {t['tolerance_points']} points; machine {mach['cpu']}, "
+        f"{mach['threads']} thread(s), CPU capability {mach['cpu_capability']}, torch {mach['torch']}.",
+    ]
+    return "\n".join(lines)
+
+
 def archs(_reports: Path) -> str:
     sys.path.insert(0, str(ROOT))
     from stages.core.cost import macs
@@ -250,6 +274,8 @@ TABLES = {
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
     "benchmark": benchmark,
+    "time-to-accuracy": time_to_accuracy,
+    "cifar10": lambda r: sweep_table(r, ["cifar10"], ["teacher", "before", "student", "val", "runs", "failed", "data_free"]),
     "archs": archs,
 }
 

@@ -217,6 +217,20 @@ def test_one_sweep_mechanism_for_the_former_ablation_scripts():
     assert used | {"deepinversion"} == set(METHODS)
 
 
+def test_paper_table_puts_the_cifar_trained_teacher_beside_the_paper_with_mean_and_std(tmp_path, monkeypatch):
+    doc = document()
+    doc[1]["experiments"] += [exp(f"cifar10--resnet20-teacher25-unstructured0.75--seed{s}", a) for s, a in ((0, 0.90), (1, 0.92))]
+    doc[1]["experiments"].append(exp("cifar10--resnet20--seed0", 0.5))  # the short default teacher: not in this table
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.json").write_text(json.dumps(doc))
+    compare.main(["report", "--json", str(tmp_path / "exp.json")])
+    md = (tmp_path / "reports" / "compare" / "paper.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| resnet20")]
+    # mean 91.00, sample std 1.41 points; gap 92.50 - 91.00; share of the loss recovered (91 - 80) / (92.5 - 80) = 88%
+    assert rows == ["| resnet20-teacher25-unstructured0.75 | - | 2 | 92.50% | 80.00% | 91.00% +- 1.41 | 1.50 | 88% |"]
+    assert "73.29% -> 93.10%" in md and "NOT data-free" in md and "| paper_cpu" not in md
+
+
 def test_cifar_sweeps_take_the_dataset_path_as_an_option(tmp_path, monkeypatch):
     queued = []
     monkeypatch.setattr(compare, "dvc", lambda *args: queued.append(args) or "")
