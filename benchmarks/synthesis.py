@@ -43,16 +43,16 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core import precision  # noqa: E402
-from stages.core.artifacts import load_bn_stats, load_tensors  # noqa: E402
+from stages.core.artifacts import atomic_write_text, load_bn_stats, load_tensors  # noqa: E402
 from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_layers  # noqa: E402
 from stages.core.checkpoints import load_model  # noqa: E402
-from stages.core.data import fit_to_input, load_part  # noqa: E402
-from stages.core.imageops import normalize, pixel_bounds  # noqa: E402
+from stages.core.imageops import pixel_bounds  # noqa: E402
 from stages.core.inversion import balanced_targets, synthesize_set, tv_l2  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.params import load_params, parse_section  # noqa: E402
 from stages.core.pruning import apply_masks  # noqa: E402
 from stages.core.training import accuracy  # noqa: E402
+from stages.evaluate import real_part  # noqa: E402
 
 
 def replace(cfg, **changes):
@@ -284,14 +284,13 @@ def machine(threads: int) -> dict:
     }
 
 
-def recovered_accuracy(x: torch.Tensor, teacher, kd_steps: int, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, float]:
+def recovered_accuracy(x: torch.Tensor, teacher, dcfg, kd_steps: int, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, float]:
     """Distil a fresh copy of the default student (models/quantized + masks) on ``x`` for ``kd_steps`` SGD steps with
-    distill's params; returns (accuracy on the validation images, distillation seconds)."""
+    distill's params ``dcfg``; returns (accuracy on the validation images, distillation seconds)."""
     student, _ = load_model("models/quantized")
     masks = Path("models/quantized/masks.safetensors")
     if masks.is_file():
         apply_masks(student, load_tensors(masks))
-    dcfg = load_params("distill")["distill"]
     epochs = max(1, round(kd_steps / math.ceil(len(x) / dcfg.batch_size)))
     dcfg = parse_section("distill", dcfg.model_dump() | {"epochs": epochs})
     cl = [m.to(memory_format=torch.channels_last) for m in (student, teacher)]
@@ -306,10 +305,7 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
     """Part two: wall seconds to a synthetic set and the accuracy it recovers (validation part), per method."""
     shape = tuple(card["input_shape"])
     bounds = pixel_bounds(card["normalization"]["mean"], card["normalization"]["std"])
-    data = load_params("data")["data"]
-    val = load_part(data.name, data.root, "val", data.val_fraction)
-    norm = card["normalization"]
-    x_val = normalize(fit_to_input(val.images, shape), norm["mean"], norm["std"])
+    x_val, val = real_part(load_params("data")["data"], "val", card)
     default = load_params("synthesize")["synthesize"]
     dflt_distill = load_params("distill")["distill"]
     kd_steps = args.kd_steps or dflt_distill.epochs * math.ceil(default.n_images / dflt_distill.batch_size)
@@ -341,7 +337,7 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
         x, _, _ = synthesize_set(cl, running, card["num_classes"], shape, bounds, cfg, 0, torch.device("cpu"))
         seconds = time.perf_counter() - t
         teacher.to(memory_format=torch.contiguous_format)
-        acc, kd_s = recovered_accuracy(x, teacher, kd_steps, x_val, val.labels)
+        acc, kd_s = recovered_accuracy(x, teacher, dflt_distill, kd_steps, x_val, val.labels)
         out[name] = {"images": len(x), "synthesis_s": seconds, "distill_s": kd_s, "accuracy": acc, "method": cfg.method}
         print(f"{name}: {seconds:.0f} s synthesis, recovered {100 * acc:.2f}% (validation)", flush=True)
     target = next(r["accuracy"] for r in out.values() if r["accuracy"] is not None)
@@ -421,16 +417,9 @@ def main() -> None:
     lines = throughput_lines(result) if "synthesis" in result else []
     if "time_to_accuracy" in result:
         lines += ["", *time_to_accuracy_lines(result["time_to_accuracy"])]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_whole(path, json.dumps(result, indent=2) + "\n")
-    write_whole(args.out / "synthesis.md", "\n".join(lines) + "\n")
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / "synthesis.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def write_whole(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def cpu_name() -> str:
