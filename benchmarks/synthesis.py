@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -276,7 +275,7 @@ def throughput_lines(result: dict) -> list[str]:
 
 def machine(threads: int) -> dict:
     return {
-        "cpu": cpu_name(),
+        "cpu": precision.cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
         "cpu_capability": precision.cpu_capability(),
@@ -420,16 +419,6 @@ def main() -> None:
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / "synthesis.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -251,10 +251,23 @@ def export(reports: Path) -> str:
     )
 
 
+def export_latency(reports: Path) -> str:
+    """The interleaved ONNX Runtime latency benchmark's own table (benchmarks/export_latency.py), with where it ran."""
+    f = reports / "benchmarks" / "export_latency.md"
+    if not f.is_file():
+        return "(no export latency run yet: python benchmarks/export_latency.py)"
+    text = f.read_text().splitlines()
+    title = text[0].removeprefix("# ")
+    rows = [line for line in text if line.startswith("|")]
+    notes = [line for line in text[1:] if line and not line.startswith("|")]
+    return "\n".join([*rows, "", f"From `reports/benchmarks/export_latency.md`: {title}. {' '.join(notes)}"])
+
+
 ABLATIONS = ["sparsity", "n_images", "freeze_bn", "transfer_set"]
 TABLES = {
     "default-run": default_run,
     "export": export,
+    "export-latency": export_latency,
     "zoo": zoo,
     "bn-loss": lambda r: sweep(r, "bn_loss"),
     "ablations": lambda r: sweep_table(r, ABLATIONS, ["student", "val", "before", "teacher", "runs", "failed", "data_free"]),

@@ -21,7 +21,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   distill_recipe  the paper's KD recipe vs ours, x frozen / train-mode / recalibrated BN, and no recovery
   hard          90% unstructured, structured 75% MACs, 4w4a, 2w4a, 75% + 4w4a, each data-free and `-real` (NOT
                 data-free); hard_cifar10: the same on CIFAR-10 (--dataset)
-  export        channel pruning (50% fewer MACs) + ONNX Runtime int8: the shipped model, beside the default run's export
+  export        channel pruning (50% fewer MACs; kept channels in multiples of 8, or of 16 layerwise / global) + ONNX
+                Runtime int8: the shipped model, beside the default run's export
   hard_levers   levers on the hard settings: generator 2048 images, 1024 from noise x 40 iterations (same KD steps)
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
@@ -116,14 +117,20 @@ PAPER_CPU_SCALE = ["train_teacher.epochs=3", "synthesize.n_images=256", "distill
 PAPER_RESULTS = {"resnet18": (73.29, 93.10), "resnet34": (76.03, 93.51), "resnet50": (82.33, 92.07)}  # pruned -> recovered, %
 SWEEPS["paper"] = {a: [*PAPER_PRESET, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
 SWEEPS["paper_cpu"] = {a: [*PAPER_PRESET, *PAPER_CPU_SCALE, f"train_teacher.arch={a}"] for a in PAPER_RESULTS}
-# a CIFAR-10 teacher of the quality people quote (issue 19): the default pipeline's 2 epochs give ~79%; 25 epochs of
-# cosine SGD with 4-px shifts + flips (resumable: models/.train_teacher.resume.pt) - sized for <= 75 min on 2 AVX2 cores
-# (0.44-0.53 s per batch-128 step measured, 352 steps per epoch on the 45,000 training images)
-CIFAR10_TEACHER = ["train_teacher.epochs=25", "train_teacher.max_shift=4"]
-SWEEPS["cifar10"] = {  # the default pipeline on CIFAR-10, with the default and with the quoted-quality teacher
+# a CIFAR-10 teacher of the quality people quote (issue 19): the default pipeline's 2 epochs give ~79%. Cosine SGD
+# with 4-px shifts + flips, resumable (models/.train_teacher.resume.pt), in two lengths sized by the CPU's precision:
+# teacher25 fits ~75 min on 2 AVX2 cores in fp32 (0.44-0.53 s per batch-128 step, 352 steps per epoch on the 45,000
+# training images); teacher60 fits ~70 min where bf16 is native (AVX512-BF16: 0.17 s per step measured, vs 0.23 fp32)
+CIFAR10_TEACHERS = {
+    "teacher25": ["train_teacher.epochs=25", "train_teacher.max_shift=4"],
+    "teacher60": ["train_teacher.epochs=60", "train_teacher.max_shift=4"],
+}
+CIFAR10_TEACHER = CIFAR10_TEACHERS["teacher25"]  # the one the hard_cifar10 sweep uses
+SWEEPS["cifar10"] = {  # the default pipeline on CIFAR-10, with the default and with the quoted-quality teachers
     "resnet20": ["data.name=cifar10", DATASET],
     **{
-        f"resnet20-teacher25-{k}{arm}": ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, f"prune.sparsity={v}", f"distill.transfer_set={t}"]
+        f"resnet20-{name}-{k}{arm}": ["data.name=cifar10", DATASET, *teacher, f"prune.sparsity={v}", f"distill.transfer_set={t}"]
+        for name, teacher in CIFAR10_TEACHERS.items()
         for k, v in (("unstructured0.75", 0.75), ("unstructured0.9", 0.9))
         for arm, t in (("", "synthetic"), ("-real", "real"))
     },
@@ -239,7 +246,14 @@ SWEEPS["generator"] = {
     ],
 }
 # the shipped model (issue 18): channel pruning + ONNX Runtime int8, against the default (unstructured) run's export
-SWEEPS["export"] = {"structured-macs0.5": ["prune.method=structured", "prune.structured_amount=0.5"]}
+# round16: kept channel counts in multiples of 16 - ONNX Runtime's int8 convolutions on AVX512-VNNI ran an 8-channel
+# ResNet-20 layer slower than the 16-channel original (1.7 vs 1.2 ms at batch 64; benchmarks/export_latency.py)
+STRUCTURED = ["prune.method=structured", "prune.structured_amount=0.5"]
+SWEEPS["export"] = {
+    "structured-macs0.5": STRUCTURED,
+    "structured-macs0.5-round16": [*STRUCTURED, "prune.round_to=16"],
+    "structured-macs0.5-round16-global": [*STRUCTURED, "prune.round_to=16", "prune.structured_scope=global"],
+}
 # bf16 autocast against fp32 synthesis on the default pipeline (issue 7: recovered accuracy within 0.3 points)
 SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16")}
 # the teacher zoo (issue 15): teachers trained outside the pipeline by scripts/make_zoo_teachers.py, each brought in
@@ -352,7 +366,7 @@ def absolute_path(assignment: str) -> str:
 
 def paper_table(runs: pd.DataFrame) -> str:
     """Paper-vs-ours for the arXiv 2511.20702 preset runs (full and CPU-scaled), and our default pipeline on the
-    CIFAR-trained resnet20 teacher (sweep cifar10, settings resnet20-teacher25-*) beside the paper's ResNet-18."""
+    CIFAR-trained resnet20 teacher (sweep cifar10, settings resnet20-teacher*-*) beside the paper's ResNet-18."""
     part = runs[runs["sweep"].isin(["paper", "paper_cpu"]) & runs["has_metrics"]]
     ours = runs[(runs["sweep"] == "cifar10") & runs["setting"].str.startswith("resnet20-teacher") & runs["has_metrics"]]
     if part.empty and ours.empty:
@@ -383,7 +397,9 @@ def paper_table(runs: pd.DataFrame) -> str:
             "",
             "## Our default pipeline on a CIFAR-trained teacher (sweep cifar10, resnet20 with the CIFAR stem)",
             "",
-            f"Teacher: `train_teacher` with {', '.join(CIFAR10_TEACHER)} (cosine SGD, shifts + flips) on the 45,000 training images "
+            "Teachers: `train_teacher` with "
+            + "; ".join(f"{k} = {', '.join(v)}" for k, v in CIFAR10_TEACHERS.items())
+            + " (cosine SGD, shifts + flips) on the 45,000 training images "
             "that are not the validation part; then the defaults (256 DeepInversion images x 160 iterations, global L1 with the "
             "per-layer floor prune.min_density, 320 KD steps). `-real`: the same KD on as many real training images, NOT "
             f"data-free. The paper's ResNet-18 (75% global L1): {pp:.2f}% -> {pr:.2f}%. Mean +- std over seeds (distill.seed).",
