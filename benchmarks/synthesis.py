@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stages.core import machine as machine_facts  # noqa: E402
 from stages.core import precision  # noqa: E402
 from stages.core.artifacts import atomic_write_text, load_bn_stats, load_tensors  # noqa: E402
 from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_layers  # noqa: E402
@@ -275,7 +276,7 @@ def throughput_lines(result: dict) -> list[str]:
 
 def machine(threads: int) -> dict:
     return {
-        "cpu": precision.cpu_name(),
+        "cpu": machine_facts.cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
         "cpu_capability": precision.cpu_capability(),

@@ -264,6 +264,7 @@ ZOO_DIR = Path("models/external/zoo")
 ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"], "zoo_lamp": ["prune.ranking=lamp"]}
 ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
+JKL = "metrics.j_kl_relative_to_train."  # evaluate's J_KL of each image set, relative to the training images
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
     "metrics.size_ratio": "size_ratio",
@@ -416,7 +417,31 @@ def paper_table(runs: pd.DataFrame) -> str:
             lines.append(
                 f"| {setting} | {dev} | {len(g)} | {t:.2%} | {p:.2%} | {st.mean():.2%}{sd} | {100 * (t - st.mean()):.2f} | {share} |"
             )
+        lines += cifar10_jkl_lines(ours)
     return "\n".join(lines) + "\n"
+
+
+def cifar10_jkl_lines(ours: pd.DataFrame) -> list[str]:
+    """J_KL (the BN-statistics divergence of "The Knowledge Within", relative to the training images) of each CIFAR-10
+    teacher's image sets, from evaluate's metrics: one row per teacher preset (the synthetic set does not depend on
+    the pruning or distill.seed, so any run of a teacher gives it)."""
+    cols = sorted(c for c in ours if c.startswith(JKL) and ours[c].notna().any())
+    if not cols:
+        return []
+    names = [c.removeprefix(JKL) for c in cols]
+    lines = [
+        "",
+        "### J_KL on CIFAR-10 (relative to the training images: 1 = as close to the teacher's BN statistics as its own training data)",
+        "",
+        "| teacher | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    teacher = ours["setting"].str.split("-").str[1]
+    for name, g in ours.groupby(teacher, sort=True):
+        row = g[cols].dropna(how="all")
+        if len(row):
+            lines.append(f"| {name} | " + " | ".join("-" if pd.isna(v) else f"{v:.3g}" for v in row.iloc[0]) + " |")
+    return lines
 
 
 def runs_table(doc) -> pd.DataFrame:
@@ -683,6 +708,7 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
     summary = summarize(runs)
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
     keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", *COST]
+    keep += sorted(c for c in runs if c.startswith(JKL))  # the CIFAR-10 J_KL table (paper.md) of runs not rerun
     with atomic_dir(OUT) as tmp:
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)

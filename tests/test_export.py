@@ -17,7 +17,7 @@ from conftest import ROOT
 from stages.core.artifacts import read_json, save_model, save_tensors, sha256_file
 from stages.core.models import build_model
 from stages.core.onnx_export import calibration_pixels, export_onnx, quantize_int8
-from stages.core.onnx_runtime import latency_ms, predict, session
+from stages.core.onnx_runtime import interleaved_latency_ms, paired_summary, predict, session
 from stages.core.params import section_with
 from stages.core.quant import _fq_arithmetic, layer_bits, quant_layers, quantize_model
 
@@ -84,7 +84,20 @@ def test_int8_model_is_qdq_int8_runs_and_tracks_the_float_model(exported, tmp_pa
     f = predict(session(path, 1), x, 16)
     rel = float((q - f).norm() / f.norm())
     assert 0 < rel < 0.1, rel  # quantized (not identical), yet close to the float graph
-    assert latency_ms(tmp_path / "q.onnx", tuple(SHAPE), 4, 1, 3) > 0
+    timed = interleaved_latency_ms({"float": path, "int8": tmp_path / "q.onnx"}, tuple(SHAPE), 4, 1, 5, reference="float")
+    assert timed["float"]["speedup_vs_reference"] == 1.0  # a model against itself, round by round
+    lo, hi = timed["int8"]["min_max_ms"]
+    assert 0 < lo <= timed["int8"]["latency_ms"] <= hi
+
+
+def test_speedup_is_the_median_of_per_round_ratios_not_the_ratio_of_medians():
+    # round 2 is slow for both models (a busy machine): the paired ratios are 2, 2, 2 -> 2.0,
+    # while the ratio of the medians would be 10 / 4 = 2.5
+    rows = paired_summary({"teacher": [10.0, 30.0, 8.0], "int8": [5.0, 15.0, 4.0]}, "teacher")
+    assert rows["int8"] == {"latency_ms": 5.0, "min_max_ms": [4.0, 15.0], "speedup_vs_reference": 2.0}
+    even = paired_summary({"a": [1.0, 4.0], "b": [2.0, 1.0]}, "a")
+    assert even["b"]["speedup_vs_reference"] == (0.5 + 4.0) / 2  # an even count: the mean of the middle two
+    assert paired_summary({"x": [3.0, 1.0, 2.0]}) == {"x": {"latency_ms": 2.0, "min_max_ms": [1.0, 3.0]}}
 
 
 def test_int8_calibration_refuses_non_finite_images(exported, tmp_path):

@@ -10,10 +10,8 @@ allowed but warns once. ``describe`` is what cards and metrics record.
 
 from __future__ import annotations
 
-import platform
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
@@ -25,17 +23,6 @@ _warned: set[str] = set()
 def cpu_capability() -> str:
     """The vector ISA PyTorch's CPU kernels use here (``AVX2``, ``AVX512``, ``DEFAULT``, ...)."""
     return torch.backends.cpu.get_cpu_capability()
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), for the machine line beside every timing."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def native_bf16(device: torch.device) -> bool:
