@@ -88,6 +88,7 @@ def test_int8_model_is_qdq_int8_runs_and_tracks_the_float_model(exported, tmp_pa
     assert timed["float"]["speedup_vs_reference"] == 1.0  # a model against itself, round by round
     lo, hi = timed["int8"]["min_max_ms"]
     assert 0 < lo <= timed["int8"]["latency_ms"] <= hi
+    assert interleaved_latency_ms({}, tuple(SHAPE), 4, 1, 5, budget_s=1.0) == {}  # nothing exported: no division by zero
 
 
 def test_speedup_is_the_median_of_per_round_ratios_not_the_ratio_of_medians():

@@ -56,6 +56,8 @@ def interleaved_latency_ms(
     fewer when ``budget_s`` > 0 and the slowest model's first run says they would not fit, at least 3), with the
     min-max of the rounds and, when ``reference`` names one of the models, the median over rounds of
     reference / model (``paired_summary``)."""
+    if not paths:
+        return {}
     sessions = {k: session(p, threads) for k, p in paths.items()}
     feeds = {k: {s.get_inputs()[0].name: np.zeros((batch, *input_shape), dtype=np.float32)} for k, s in sessions.items()}
     slowest = 0.0
