@@ -44,16 +44,19 @@ def test_generator_output_stays_in_the_pixel_bounds_at_any_size():
 
 
 def test_loss_falls_in_the_warm_up_and_in_each_batch(trained_toy_net):
-    images, targets, results = run(trained_toy_net, cfg())
+    # no random shift or flip: each step's objective is then the same function, so its fall is the optimizer's alone
+    # (with augmentation the 8-step curve is as noisy as its fall, and its sign depends on the CPU's rounding)
+    still = dict(max_shift=0, flip=False)
+    images, targets, results = run(trained_toy_net, cfg(**still))
     assert images.shape == (27, *SHAPE) and torch.bincount(targets).tolist() == [9, 9, 9]
     warm = [r["total"] for r in results[0].warmup_curve]
     assert len(warm) == 40 and sum(warm[-5:]) / 5 < 0.7 * sum(warm[:5]) / 5
     assert all(r.warmup_curve == [] for r in results[1:])
     assert results[0].extra_image_iterations == 40 * 6 and all(r.iterations == 8 for r in results)
     for r in results:  # a few steps from the shared start lower each batch's objective
-        assert r.curve[-1]["total"] < r.curve[0]["total"]
+        assert r.curve[-1]["total"] < 0.95 * r.curve[0]["total"]
     # the warmed-up generator is far closer to the BN statistics than its random start
-    untrained, _, u = run(trained_toy_net, cfg(generator_warmup=0, generator_steps=1))
+    untrained, _, u = run(trained_toy_net, cfg(generator_warmup=0, generator_steps=1, **still))
     assert sum(r.bn_loss_final for r in results) < 0.7 * sum(r.bn_loss_final for r in u)
 
 
