@@ -1,0 +1,108 @@
+"""Quick lever probe on one zoo teacher, on the VALIDATION part only: synthesize -> prune -> KD in one process.
+
+Each SPEC is ``synthesize overrides / distill overrides`` (``key=value`` joined by ``|``, either side may be empty);
+the distill side may hold the word ``real``: KD on as many real training images as the synthetic set has (NOT
+data-free, the reference that tells a synthesis limit from a KD-budget limit). Pruning is the shipped ``prune``
+section. Prints one line per spec (teacher agreement with the synthesis targets, validation accuracy, seconds) and
+appends it to ``reports/compare/zoo_probe.csv``. The test split is never read; choices made here are checked through
+the whole pipeline with ``python -m stages.compare queue zoo``.
+
+    python scripts/zoo_probe.py tv_regnet_x_400mf "" "lambda_bn=30" "/real" "/lr=0.003"
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.core.bn import running_stats  # noqa: E402
+from stages.core.data import fit_to_input, load_part  # noqa: E402
+from stages.core.external import read_state_dict  # noqa: E402
+from stages.core.imageops import normalize, pixel_bounds  # noqa: E402
+from stages.core.inversion import synthesize_set  # noqa: E402
+from stages.core.kd import distill  # noqa: E402
+from stages.core.machine import cpu_name  # noqa: E402
+from stages.core.models import build_model, versioned  # noqa: E402
+from stages.core.params import load_params, section_with  # noqa: E402
+from stages.core.precision import cpu_capability  # noqa: E402
+from stages.core.pruning import make_permanent, prune_l1_unstructured  # noqa: E402
+from stages.core.training import accuracy, predict  # noqa: E402
+
+MANIFEST = Path("models/external/zoo/zoo.json")
+OUT = Path("reports/compare/zoo_probe.csv")
+
+
+def overridden(section: str, pairs: list[str]):
+    """The shipped ``section`` with ``key=value`` pairs (YAML values) applied, validated by its schema."""
+    return section_with(section, **{k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("teacher", help="a name in models/external/zoo/zoo.json")
+    ap.add_argument("specs", nargs="+", help='"synthesize overrides / distill overrides", e.g. "lambda_bn=30" or "/real"')
+    args = ap.parse_args()
+    p = load_params("data", "prune", "common")
+    data, prune = p["data"], p["prune"]
+    m = json.loads(MANIFEST.read_text())[args.teacher]
+    device = torch.device("cpu")
+    teacher = build_model(m["arch"], m["num_classes"], m["input_shape"][0], m["arch_kwargs"])
+    teacher.load_state_dict(versioned(teacher, read_state_dict(m["file"])))
+    teacher.eval()
+    shape = tuple(m["input_shape"])
+    val = load_part(data.name, data.root, "val", data.val_fraction)
+    x_val = normalize(fit_to_input(val.images, shape), m["mean"], m["std"])
+    teacher_acc = accuracy(teacher, x_val, val.labels, 500, device)
+    for spec in args.specs:
+        s_side, _, d_side = spec.partition("/")
+        d_pairs = [x for x in d_side.split("|") if x and x != "real"]
+        syn = overridden("synthesize", [x for x in s_side.split("|") if x])
+        dis = overridden("distill", d_pairs)
+        t0 = time.perf_counter()
+        bounds = pixel_bounds(m["mean"], m["std"])
+        xs, ys, _ = synthesize_set(teacher, running_stats(teacher), m["num_classes"], shape, bounds, syn, p["common"].seed, device)
+        synth_s = time.perf_counter() - t0
+        agree = float((predict(teacher, xs.float(), 256, device).argmax(1) == ys).float().mean())
+        transfer = xs.float()
+        if "real" in d_side.split("|"):
+            train = load_part(data.name, data.root, "train", data.val_fraction)
+            idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(dis.seed))[: len(xs)]
+            transfer = normalize(fit_to_input(train.images[idx], shape), m["mean"], m["std"])
+        student = copy.deepcopy(teacher).requires_grad_(True)
+        prune_l1_unstructured(student, prune.sparsity, prune.scope, prune.min_density, prune.ranking)
+        make_permanent(student)
+        t0 = time.perf_counter()
+        distill(student, teacher, transfer, dis, device, dis.seed)
+        row = {
+            "teacher": args.teacher,
+            "spec": spec,
+            "data_free": "real" not in d_side.split("|"),
+            "teacher_val_accuracy": round(teacher_acc, 4),
+            "student_val_accuracy": round(accuracy(student, x_val, val.labels, 500, device), 4),
+            "synthetic_target_agreement": round(agree, 4),
+            "synthesize_s": round(synth_s, 1),
+            "distill_s": round(time.perf_counter() - t0, 1),
+            "cpu": f"{cpu_name()} ({cpu_capability()}, {torch.get_num_threads()} threads)",
+        }
+        print(row, flush=True)
+        new = not OUT.is_file()
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        with OUT.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+if __name__ == "__main__":
+    main()
