@@ -693,12 +693,22 @@ def hard_table(summary: pd.DataFrame) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def read_runs(path: Path) -> pd.DataFrame:
+    """reports/compare/runs.csv as written. Files written before the header was de-duplicated hold one column twice,
+    which pandas reads as ``X`` and ``X.1``: the copy is folded back into ``X`` (its values fill ``X``'s gaps)."""
+    runs = pd.read_csv(path)
+    for col in [c for c in runs if c.endswith(".1") and c.removesuffix(".1") in runs]:
+        base = col.removesuffix(".1")
+        runs[base] = runs[base].fillna(runs.pop(col))
+    return runs
+
+
 def report(json_path: Path | None, fresh: bool = False) -> None:
     doc = json.loads(json_path.read_text()) if json_path else json.loads(dvc("exp", "show", "--json", "-A"))
     runs = runs_table(doc)
     if not fresh and (OUT / "runs.csv").is_file():
         # experiments recorded earlier (another clone, a removed experiment) keep their row unless rerun under the same name
-        old = pd.read_csv(OUT / "runs.csv")
+        old = read_runs(OUT / "runs.csv")
         old = old[~old["name"].isin(runs["name"])] if "name" in runs else old
         runs = pd.concat([old, runs], ignore_index=True) if len(runs) else old
     if runs.empty or not runs["has_metrics"].any():
@@ -709,6 +719,7 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
     keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", *COST]
     keep += sorted(c for c in runs if c.startswith(JKL))  # the CIFAR-10 J_KL table (paper.md) of runs not rerun
+    keep = list(dict.fromkeys(keep))  # a COST column is also a J_KL one: written once
     with atomic_dir(OUT) as tmp:
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)

@@ -272,3 +272,13 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     assert "| structured-macs0.75 | - | not run | not run | - |" in table
     assert "| unstructured0.9+generator-2048 | 86.20 (1) | 0.80 (within 1.0) |" in table
     assert "Teacher 92.50%" in table and "NOT data-free" in table
+
+
+def test_runs_csv_with_a_doubled_column_reads_back_as_one(tmp_path):
+    # written by an older report: the J_KL column twice (COST and the J_KL prefix), the first copy empty for some runs
+    p = tmp_path / "runs.csv"
+    col = compare.JKL + "synthetic"
+    p.write_text(f"name,{col},{compare.JKL}fgsm_test_eps0.1,{col}\na,,8.5,0.33\nb,0.52,,0.52\n")
+    runs = compare.read_runs(p)
+    assert list(runs.columns) == ["name", col, compare.JKL + "fgsm_test_eps0.1"]
+    assert runs[col].tolist() == [0.33, 0.52] and runs[compare.JKL + "fgsm_test_eps0.1"].iloc[0] == 8.5
