@@ -1,11 +1,11 @@
 """Quick lever probe on one zoo teacher, on the VALIDATION part only: synthesize -> prune -> KD in one process.
 
 Each SPEC is ``synthesize overrides / distill overrides`` (``key=value`` joined by ``|``, either side may be empty);
-the distill side may hold the word ``real``: KD on as many real training images as the synthetic set has (NOT
-data-free, the reference that tells a synthesis limit from a KD-budget limit). Pruning is the shipped ``prune``
-section. Prints one line per spec (teacher agreement with the synthesis targets, validation accuracy, seconds) and
-appends it to ``reports/compare/zoo_probe.csv``. The test split is never read; choices made here are checked through
-the whole pipeline with ``python -m stages.compare queue zoo``.
+the distill side may hold the word ``real``: KD on as many real training images as the synthetic set has, drawn
+class-balanced as stage real_transfer_set draws them (NOT data-free: the reference that tells a synthesis limit from a
+KD-budget limit). Pruning is the shipped ``prune`` section. Prints one line per spec (teacher agreement with the
+synthesis targets, validation accuracy, seconds) and appends it to ``reports/compare/zoo_probe.csv``.
+The test split is never read; choices made here are checked through the whole pipeline with ``python -m stages.compare queue zoo``.
 
     python scripts/zoo_probe.py tv_regnet_x_400mf "" "lambda_bn=30" "/real" "/lr=0.003"
 """
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core.bn import running_stats  # noqa: E402
 from stages.core.data import fit_to_input, load_part  # noqa: E402
-from stages.core.external import read_state_dict  # noqa: E402
+from stages.core.external import check_fits, read_state_dict  # noqa: E402
 from stages.core.imageops import normalize, pixel_bounds  # noqa: E402
 from stages.core.inversion import synthesize_set  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
@@ -37,6 +37,7 @@ from stages.core.params import load_params, section_with  # noqa: E402
 from stages.core.precision import cpu_capability  # noqa: E402
 from stages.core.pruning import make_permanent, prune_l1_unstructured  # noqa: E402
 from stages.core.training import accuracy, predict  # noqa: E402
+from stages.real_transfer_set import balanced_sample  # noqa: E402
 
 MANIFEST = Path("models/external/zoo/zoo.json")
 OUT = Path("reports/compare/zoo_probe.csv")
@@ -57,7 +58,9 @@ def main() -> None:
     m = json.loads(MANIFEST.read_text())[args.teacher]
     device = torch.device("cpu")
     teacher = build_model(m["arch"], m["num_classes"], m["input_shape"][0], m["arch_kwargs"])
-    teacher.load_state_dict(versioned(teacher, read_state_dict(m["file"])))
+    state = read_state_dict(m["file"])
+    check_fits(teacher, state, Path(m["file"]), m["arch"])
+    teacher.load_state_dict(versioned(teacher, state))
     teacher.eval()
     shape = tuple(m["input_shape"])
     val = load_part(data.name, data.root, "val", data.val_fraction)
@@ -76,7 +79,7 @@ def main() -> None:
         transfer = xs.float()
         if "real" in d_side.split("|"):
             train = load_part(data.name, data.root, "train", data.val_fraction)
-            idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(dis.seed))[: len(xs)]
+            idx = balanced_sample(train.labels, len(xs), m["num_classes"], torch.Generator().manual_seed(p["common"].seed))
             transfer = normalize(fit_to_input(train.images[idx], shape), m["mean"], m["std"])
         student = copy.deepcopy(teacher).requires_grad_(True)
         prune_l1_unstructured(student, prune.sparsity, prune.scope, prune.min_density, prune.ranking)
