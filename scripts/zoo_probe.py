@@ -1,13 +1,14 @@
 """Quick lever probe on one zoo teacher, on the VALIDATION part only: synthesize -> prune -> KD in one process.
 
-Each SPEC is ``synthesize overrides / distill overrides`` (``key=value`` joined by ``|``, either side may be empty);
-the distill side may hold the word ``real``: KD on as many real training images as the synthetic set has, drawn
-class-balanced as stage real_transfer_set draws them (NOT data-free: the reference that tells a synthesis limit from a
-KD-budget limit). Pruning is the shipped ``prune`` section. Prints one line per spec (teacher agreement with the
-synthesis targets, validation accuracy, seconds) and appends it to ``reports/compare/zoo_probe.csv``.
+Each SPEC is ``synthesize overrides / distill overrides [/ prune overrides]`` (``key=value`` joined by ``|``, any
+part may be empty; specs with the same synthesize part share one synthetic set). The distill part may hold the word
+``real``: KD on as many real training images as the synthetic set has, drawn class-balanced as stage real_transfer_set
+draws them (NOT data-free: the reference that tells a synthesis limit from a KD-budget limit). Pruning is the shipped
+``prune`` section with the spec's prune overrides. Prints one line per spec (teacher agreement with the synthesis
+targets, validation accuracy, seconds) and appends it to ``reports/compare/zoo_probe.csv``.
 The test split is never read; choices made here are checked through the whole pipeline with ``python -m stages.compare queue zoo``.
 
-    python scripts/zoo_probe.py tv_regnet_x_400mf "" "lambda_bn=30" "/real" "/lr=0.003"
+    python scripts/zoo_probe.py tv_regnet_x_400mf "" "lambda_bn=30" "/real" "/lr=0.003" "//ranking=lamp"
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def main() -> None:
     ap.add_argument("teacher", help="a name in models/external/zoo/zoo.json")
     ap.add_argument("specs", nargs="+", help='"synthesize overrides / distill overrides", e.g. "lambda_bn=30" or "/real"')
     args = ap.parse_args()
-    p = load_params("data", "prune", "common")
-    data, prune = p["data"], p["prune"]
+    p = load_params("data", "common")
+    data = p["data"]
     m = json.loads(MANIFEST.read_text())[args.teacher]
     device = torch.device("cpu")
     teacher = build_model(m["arch"], m["num_classes"], m["input_shape"][0], m["arch_kwargs"])
@@ -66,16 +67,20 @@ def main() -> None:
     val = load_part(data.name, data.root, "val", data.val_fraction)
     x_val = normalize(fit_to_input(val.images, shape), m["mean"], m["std"])
     teacher_acc = accuracy(teacher, x_val, val.labels, 500, device)
+    synthetic = {}  # synthesize part -> (images, targets, seconds, agreement)
     for spec in args.specs:
-        s_side, _, d_side = spec.partition("/")
+        s_side, d_side, p_side = (spec.split("/") + ["", ""])[:3]
         d_pairs = [x for x in d_side.split("|") if x and x != "real"]
         syn = overridden("synthesize", [x for x in s_side.split("|") if x])
         dis = overridden("distill", d_pairs)
-        t0 = time.perf_counter()
-        bounds = pixel_bounds(m["mean"], m["std"])
-        xs, ys, _ = synthesize_set(teacher, running_stats(teacher), m["num_classes"], shape, bounds, syn, p["common"].seed, device)
-        synth_s = time.perf_counter() - t0
-        agree = float((predict(teacher, xs.float(), 256, device).argmax(1) == ys).float().mean())
+        prune = overridden("prune", [x for x in p_side.split("|") if x])
+        if s_side not in synthetic:
+            t0 = time.perf_counter()
+            bounds = pixel_bounds(m["mean"], m["std"])
+            xs, ys, _ = synthesize_set(teacher, running_stats(teacher), m["num_classes"], shape, bounds, syn, p["common"].seed, device)
+            agree = float((predict(teacher, xs.float(), 256, device).argmax(1) == ys).float().mean())
+            synthetic[s_side] = (xs, ys, time.perf_counter() - t0, agree)
+        xs, ys, synth_s, agree = synthetic[s_side]
         transfer = xs.float()
         if "real" in d_side.split("|"):
             train = load_part(data.name, data.root, "train", data.val_fraction)
