@@ -4,8 +4,9 @@ Each SPEC is ``synthesize overrides / distill overrides [/ prune overrides]`` (`
 part may be empty; specs with the same synthesize part share one synthetic set). The distill part may hold the word
 ``real``: KD on as many real training images as the synthetic set has, drawn class-balanced as stage real_transfer_set
 draws them (NOT data-free: the reference that tells a synthesis limit from a KD-budget limit). Pruning is the shipped
-``prune`` section with the spec's prune overrides. Prints one line per spec (teacher agreement with the synthesis
-targets, validation accuracy, seconds) and appends it to ``reports/compare/zoo_probe.csv``.
+``prune`` section with the spec's prune overrides (l1_unstructured only). Prints one line per spec (teacher agreement
+with the synthesis targets, validation accuracy, seconds; a shared set reports its one synthesis time) and appends it
+to ``reports/compare/zoo_probe.csv``.
 The test split is never read; choices made here are checked through the whole pipeline with ``python -m stages.compare queue zoo``.
 
     python scripts/zoo_probe.py tv_regnet_x_400mf "" "lambda_bn=30" "/real" "/lr=0.003" "//ranking=lamp"
@@ -34,7 +35,7 @@ from stages.core.inversion import synthesize_set  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.machine import cpu_name  # noqa: E402
 from stages.core.models import build_model, versioned  # noqa: E402
-from stages.core.params import load_params, section_with  # noqa: E402
+from stages.core.params import as_dict, load_params, section_with  # noqa: E402
 from stages.core.precision import cpu_capability  # noqa: E402
 from stages.core.pruning import make_permanent, prune_l1_unstructured  # noqa: E402
 from stages.core.training import accuracy, predict  # noqa: E402
@@ -52,7 +53,11 @@ def overridden(section: str, pairs: list[str]):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("teacher", help="a name in models/external/zoo/zoo.json")
-    ap.add_argument("specs", nargs="+", help='"synthesize overrides / distill overrides", e.g. "lambda_bn=30" or "/real"')
+    ap.add_argument(
+        "specs",
+        nargs="+",
+        help='"synthesize overrides / distill overrides / prune overrides", e.g. "lambda_bn=30", "/real", "//ranking=lamp"',
+    )
     args = ap.parse_args()
     p = load_params("data", "common")
     data = p["data"]
@@ -67,23 +72,31 @@ def main() -> None:
     val = load_part(data.name, data.root, "val", data.val_fraction)
     x_val = normalize(fit_to_input(val.images, shape), m["mean"], m["std"])
     teacher_acc = accuracy(teacher, x_val, val.labels, 500, device)
-    synthetic = {}  # synthesize part -> (images, targets, seconds, agreement)
+    bounds = pixel_bounds(m["mean"], m["std"])
+    synthetic = {}  # the validated synthesize section -> (images, targets, seconds, agreement)
+    train = None  # the real training part, read once and only for a "real" spec
     for spec in args.specs:
-        s_side, d_side, p_side = (spec.split("/") + ["", ""])[:3]
+        parts = spec.split("/")
+        if len(parts) > 3:
+            ap.error(f"spec {spec!r} has {len(parts)} parts; expected at most 3: synthesize / distill / prune")
+        s_side, d_side, p_side = parts + [""] * (3 - len(parts))
         d_pairs = [x for x in d_side.split("|") if x and x != "real"]
         syn = overridden("synthesize", [x for x in s_side.split("|") if x])
         dis = overridden("distill", d_pairs)
         prune = overridden("prune", [x for x in p_side.split("|") if x])
-        if s_side not in synthetic:
+        if prune.method != "l1_unstructured":
+            ap.error(f"spec {spec!r}: the probe prunes with l1_unstructured only (prune.method {prune.method!r})")
+        key = json.dumps(as_dict(syn), sort_keys=True)  # "" and "lambda_bn=30" share a set when 30 is the default
+        if key not in synthetic:
             t0 = time.perf_counter()
-            bounds = pixel_bounds(m["mean"], m["std"])
             xs, ys, _ = synthesize_set(teacher, running_stats(teacher), m["num_classes"], shape, bounds, syn, p["common"].seed, device)
             agree = float((predict(teacher, xs.float(), 256, device).argmax(1) == ys).float().mean())
-            synthetic[s_side] = (xs, ys, time.perf_counter() - t0, agree)
-        xs, ys, synth_s, agree = synthetic[s_side]
+            synthetic[key] = (xs, ys, time.perf_counter() - t0, agree)
+        xs, ys, synth_s, agree = synthetic[key]
         transfer = xs.float()
         if "real" in d_side.split("|"):
-            train = load_part(data.name, data.root, "train", data.val_fraction)
+            if train is None:
+                train = load_part(data.name, data.root, "train", data.val_fraction)
             idx = balanced_sample(train.labels, len(xs), m["num_classes"], torch.Generator().manual_seed(p["common"].seed))
             transfer = normalize(fit_to_input(train.images[idx], shape), m["mean"], m["std"])
         student = copy.deepcopy(teacher).requires_grad_(True)
