@@ -31,7 +31,7 @@ from stages.core.bn import running_stats  # noqa: E402
 from stages.core.data import fit_to_input, load_part  # noqa: E402
 from stages.core.external import check_fits, read_state_dict  # noqa: E402
 from stages.core.imageops import normalize, pixel_bounds  # noqa: E402
-from stages.core.inversion import student_aware_set, synthesize_set  # noqa: E402
+from stages.core.inversion import synthesize_set  # noqa: E402
 from stages.core.kd import distill  # noqa: E402
 from stages.core.machine import cpu_name  # noqa: E402
 from stages.core.models import build_model, versioned  # noqa: E402
@@ -102,27 +102,8 @@ def main() -> None:
         student = copy.deepcopy(teacher).requires_grad_(True)
         prune_l1_unstructured(student, prune.sparsity, prune.scope, prune.min_density, prune.ranking)
         make_permanent(student)
-        running = running_stats(teacher)
-
-        def grow(current, k, syn=syn, dis=dis, running=running):  # student-aware rounds: the spec's synthesize section
-            xs_k, _ = student_aware_set(
-                teacher,
-                current,
-                running,
-                m["num_classes"],
-                shape,
-                bounds,
-                syn,
-                dis.student_aware_images,
-                p["common"].seed,
-                k,
-                device,
-                dis.student_aware_js,
-            )
-            return xs_k
-
         t0 = time.perf_counter()
-        distill(student, teacher, transfer, dis, device, dis.seed, grow=grow)
+        distill(student, teacher, transfer, dis, device, dis.seed)
         row = {
             "teacher": args.teacher,
             "spec": spec,

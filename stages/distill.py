@@ -3,9 +3,7 @@
 distill.transfer_set picks data/synthetic (default, data-free), data/gaussian (noise baseline,
 data-free) or data/real (real training images: NOT data-free, the upper-bound baseline);
 dvc.yaml makes the chosen folder the stage's dependency, so dvc.lock and the lineage
-command show which one a student saw. distill.student_aware_rounds > 0 (synthetic set only) adds images made
-during KD against the current student (Adaptive DeepInversion), with the synthetic set's own synthesize params
-(from its card.json) and the teacher's BN running statistics: still no real image. distill.nproc > 1 trains under torchrun +
+command show which one a student saw. distill.nproc > 1 trains under torchrun +
 DistributedDataParallel; rank 0 writes the outputs.
 """
 
@@ -15,15 +13,12 @@ import pandas as pd
 import torch
 
 from stages.core.artifacts import atomic_dir, library_versions, load_tensors, read_json, save_model, sha256_file, write_json
-from stages.core.bn import running_stats
 from stages.core.checkpoints import load_model
 from stages.core.distributed import relaunch, setup
-from stages.core.imageops import pixel_bounds
-from stages.core.inversion import student_aware_set
 from stages.core.kd import distill
 from stages.core.live import log_curve
 from stages.core.models import ARCH_CARD_FIELDS
-from stages.core.params import as_dict, load_params, section_with
+from stages.core.params import as_dict, load_params
 from stages.core.plots import curves
 from stages.core.pruning import apply_masks, global_sparsity, make_permanent
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
@@ -32,24 +27,6 @@ TEACHER = Path("models/teacher")
 QUANTIZED = Path("models/quantized")  # the pruned model, fake-quantized + calibrated (passed through when quantize is off)
 OUT = Path("models/student")
 REPORTS = Path("reports/distill")
-
-
-def student_aware_grower(teacher, pcard: dict, scard: dict, cfg, seed: int, device: torch.device):
-    """``kd.distill``'s ``grow`` for distill.student_aware_rounds: DeepInversion with the synthetic set's params."""
-    if cfg.transfer_set != "synthetic":
-        raise StageError(f"distill.student_aware_rounds > 0 synthesizes more of the synthetic set; transfer_set is {cfg.transfer_set!r}")
-    syn = section_with("synthesize", **scard["params"]["synthesize"])
-    running = running_stats(teacher)
-    norm, shape = pcard["normalization"], tuple(pcard["input_shape"])
-
-    def grow(student, k):
-        images, _ = student_aware_set(
-            teacher, student, running, pcard["num_classes"], shape, pixel_bounds(norm["mean"], norm["std"]), syn,
-            cfg.student_aware_images, seed, k, device, cfg.student_aware_js,
-        )  # fmt: skip
-        return images
-
-    return grow
 
 
 def main() -> None:
@@ -78,10 +55,9 @@ def main() -> None:
             raise StageError(f"{folder} was made from another teacher than {TEACHER} (teacher_sha256 in its card.json): rerun dvc repro")
     x = load_tensors(transfer / "images.safetensors")["images"].float()
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-    grow = student_aware_grower(teacher, pcard, scard, cfg, common.seed, device) if cfg.student_aware_rounds else None
     timings = {}
     with timed(timings, "wall_s"):
-        history = distill(student, teacher, x, cfg, device, common.seed * 1_000_003 + cfg.seed, ctx, grow=grow)
+        history = distill(student, teacher, x, cfg, device, common.seed * 1_000_003 + cfg.seed, ctx)
     ctx.close()
     if not ctx.main:  # rank 0 holds the same weights and writes the outputs
         return

@@ -90,9 +90,6 @@ def test_unstructured_prune_then_distill_keeps_zeros(arch, shape):
         iq_beta=0.0,
         iq_layers="",
         mixup_alpha=0.0,
-        student_aware_rounds=0,
-        student_aware_images=0,
-        student_aware_js=0.0,
     )
     x = torch.randn(4, *shape)  # two steps at batch 2
     before = {n: m.weight.detach().clone() for n, m in prunable_layers(student)}

@@ -26,9 +26,6 @@ def cfg(**kw):
         iq_beta=0.0,
         iq_layers="bn1,bn2",
         mixup_alpha=0.0,
-        student_aware_rounds=0,
-        student_aware_images=0,
-        student_aware_js=0.0,
     )
     return SimpleNamespace(**(base | kw))
 

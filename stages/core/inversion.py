@@ -34,7 +34,6 @@ set one process makes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -84,16 +83,6 @@ def inception_loss(logits: torch.Tensor, targets: torch.Tensor, scale: float) ->
     """Single-logit maximization: mean of exp(-logit[target] / scale)."""
     z = logits.float().gather(1, targets[:, None]).squeeze(1)
     return torch.exp((-z / scale).clamp(max=INCEPTION_MAX_EXPONENT)).mean()
-
-
-def js_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Batch mean of the Jensen-Shannon divergence (nats, in [0, ln 2]) between the softmax outputs at ``temperature``."""
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-    kl_pm = (log_p.exp() * (log_p - log_m)).sum(1)
-    kl_qm = (log_q.exp() * (log_q - log_m)).sum(1)
-    return (0.5 * (kl_pm + kl_qm)).mean()
 
 
 def balanced_targets(n: int, num_classes: int) -> torch.Tensor:
@@ -182,17 +171,12 @@ def invert_batch(
     init: torch.Tensor | None = None,
     iterations: int | None = None,
     batch: int = 0,
-    student: nn.Module | None = None,
-    lambda_js: float = 0.0,
 ) -> BatchResult:
     """Make one batch with ``cfg.method``. ``teacher`` must be in eval mode; ``target_stats`` includes the input layer.
 
     ``init`` (optional, same shape as the batch) replaces the starting noise (warm start);
     ``iterations`` overrides ``cfg.iterations`` (the cosine schedule spans it). A non-finite loss term or image
     stops the synthesis with one StageError naming the batch (``batch``, for the message) and the step.
-    ``student`` (in eval mode, its parameters frozen by the caller) with ``lambda_js`` > 0 makes the synthesis
-    student-aware (Adaptive DeepInversion's competition term): the objective gains - lambda_js x JS(teacher || student)
-    on the augmented batch, so the images are pushed to where the student still disagrees with the teacher.
     """
     lo, hi = (b.to(device) for b in bounds)
     iterations = cfg.iterations if iterations is None else iterations
@@ -217,9 +201,6 @@ def invert_batch(
         with BatchStatsHook(teacher) as hook, autocast(cfg, device):
             logits = teacher(xa)
         terms = method_losses(cfg.method, cfg, x, xa, logits.float(), hook.stats, targets_a, target_stats)
-        if student is not None and lambda_js > 0:
-            terms["js"] = js_divergence(logits, student(xa))
-            terms["total"] = terms["total"] - lambda_js * terms["js"]
         check_finite(terms, f"synthesize: batch {batch}, step {step}", f"lower synthesize.lr (now {cfg.lr}) or the loss weights")
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -354,53 +335,3 @@ def synthesize_set(
         results.append(res)
     mine_targets = torch.cat([targets[starts[b] : starts[b] + cfg.batch_size] for b in mine]) if mine else targets[:0]
     return (torch.cat(images) if images else torch.empty((0, *input_shape))), mine_targets, results
-
-
-def student_aware_set(
-    teacher: nn.Module,
-    student: nn.Module,
-    running: dict,
-    num_classes: int,
-    input_shape: tuple[int, int, int],
-    bounds,
-    cfg,
-    n_images: int,
-    seed: int,
-    round_index: int,
-    device: torch.device,
-    lambda_js: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_images`` more DeepInversion images made against the current ``student`` (``invert_batch``'s ``lambda_js``
-    term), class-balanced, as (images, targets). Round ``round_index`` draws from its own seed stream, apart from the
-    first set's batches, so a rerun makes the same images; the student's mode and ``requires_grad`` are restored."""
-    if cfg.method not in ("deepinversion", "inception", "bns_inception"):
-        raise StageError(f"student-aware synthesis needs an optimizing targeted method; synthesize.method is {cfg.method!r}")
-    teacher.eval().requires_grad_(False)
-    target_stats = with_input_target(running, input_shape[0])
-    was_training = student.training
-    flags = [p.requires_grad for p in student.parameters()]
-    student.eval().requires_grad_(False)
-    targets = balanced_targets(n_images, num_classes)
-    images = []
-    try:
-        for j, start in enumerate(range(0, n_images, cfg.batch_size)):
-            b = 1_000_000 * (round_index + 1) + j  # far from the first set's batch numbers
-            res = invert_batch(
-                teacher,
-                targets[start : start + cfg.batch_size],
-                target_stats,
-                cfg,
-                bounds,
-                input_shape,
-                batch_generator(seed, b),
-                device,
-                batch=b,
-                student=student,
-                lambda_js=lambda_js,
-            )
-            images.append(res.images)
-    finally:
-        for p, f in zip(student.parameters(), flags):
-            p.requires_grad_(f)
-        student.train(was_training)
-    return torch.cat(images), targets

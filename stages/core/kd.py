@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -130,27 +129,10 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     model.eval()
 
 
-def round_epochs(epochs: int, rounds: int) -> list[int]:
-    """The epochs before which the student-aware rounds run: ``rounds`` points spread evenly inside ``1..epochs``."""
-    return [1 + k * epochs // (rounds + 1) for k in range(1, rounds + 1)]
-
-
-def distill(
-    student: nn.Module,
-    teacher: nn.Module,
-    x: torch.Tensor,
-    cfg,
-    device: torch.device,
-    seed: int,
-    ctx=None,
-    grow: Callable[[nn.Module, int], torch.Tensor] | None = None,
-) -> list[dict]:
+def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device: torch.device, seed: int, ctx=None) -> list[dict]:
     """Train ``student`` to match ``teacher`` on transfer images ``x`` (normalized, CPU). Returns per-epoch rows.
 
     ``ctx`` (a ``distributed.Context``) with world > 1: data-parallel over its processes.
-    ``grow(student, k)`` with ``cfg.student_aware_rounds`` > 0: before each epoch of ``round_epochs`` the transfer set
-    gains ``cfg.student_aware_images`` images that ``grow`` makes against the current student (round k = 0, 1, ...);
-    the learning-rate schedule spans the steps of the growing set.
     """
     rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
     gen = torch.Generator().manual_seed(seed)
@@ -159,11 +141,7 @@ def distill(
         recalibrate_bn(student, x, cfg.batch_size, device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    rounds = round_epochs(cfg.epochs, cfg.student_aware_rounds) if cfg.student_aware_rounds else []
-    if rounds and grow is None:
-        raise StageError("distill.student_aware_rounds > 0 needs a synthesizer (grow) for the new images")
-    sizes = [len(x) + cfg.student_aware_images * sum(r <= e for r in rounds) for e in range(1, cfg.epochs + 1)]
-    steps = sum(math.ceil(n / cfg.batch_size) for n in sizes)
+    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps) if cfg.schedule == "cosine" else (lambda _: 1.0))
     iq_layers = [n.strip() for n in cfg.iq_layers.split(",") if n.strip()] if cfg.iq_beta > 0 else []
     model = student
@@ -176,11 +154,6 @@ def distill(
     history, step = [], 0
     with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
-            for k in [k for k, r in enumerate(rounds) if r == epoch]:
-                new = grow(student, k)
-                if len(new) != cfg.student_aware_images:
-                    raise StageError(f"distill: round {k} made {len(new)} images, not distill.student_aware_images")
-                x = torch.cat([x, new.to(x.dtype)])
             student.train()
             set_bn_train(student, not cfg.freeze_bn)
             sums, agree, seen = {"kd_loss": 0.0, "iq_loss": 0.0}, 0, 0
@@ -215,13 +188,7 @@ def distill(
             if world > 1:
                 sums["kd_loss"], sums["iq_loss"], agree, seen = ctx.all_sum([sums["kd_loss"], sums["iq_loss"], agree, seen])
             history.append(
-                {
-                    "epoch": epoch,
-                    **{k: v / seen for k, v in sums.items()},
-                    "teacher_agreement": agree / seen,
-                    "lr": sched.get_last_lr()[0],
-                    "transfer_images": len(x),
-                }
+                {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "teacher_agreement": agree / seen, "lr": sched.get_last_lr()[0]}
             )
     student.eval()
     return history

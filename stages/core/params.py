@@ -179,9 +179,6 @@ class Distill(Section):
     iq_beta: float = num(0.0, 1e6)  # weight of the intermediate-feature (IQ) smooth-L1 loss; 0 = off
     iq_layers: str  # comma-separated module names whose outputs the IQ loss compares
     mixup_alpha: float = num(0.0, 100.0)  # in-batch MixUp, lambda ~ Beta(alpha, alpha); 0 = off
-    student_aware_rounds: int = num(0, 1000)  # rounds of synthesis against the current student during KD; 0 = off
-    student_aware_images: int = num(0, 10_000_000)  # images each round adds to the transfer set
-    student_aware_js: float = num(0.0, 1e6)  # weight of the teacher-student JS divergence those images maximize
     nproc: int = num(1, 1024)
     threads: int = num(0, 1024)
 
