@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ from stages.core.experiments import experiments_table
 from stages.core.runtime import StageError, run_stage
 
 OUT = Path("reports/compare")
+# files under OUT that other tools append to (scripts/zoo_probe.py's log of lever probes): report rewrites the folder
+# whole, so it carries these over unchanged
+NOT_WRITTEN_BY_REPORT = ("zoo_probe.csv",)
 SWEEPS = {
     "sparsity": {
         f"sparsity{v}-{t}": [f"prune.sparsity={v}", f"distill.transfer_set={t}"] for v in (0.5, 0.75, 0.9) for t in ("synthetic", "real")
@@ -721,6 +725,9 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
     keep += sorted(c for c in runs if c.startswith(JKL))  # the CIFAR-10 J_KL table (paper.md) of runs not rerun
     keep = list(dict.fromkeys(keep))  # a COST column is also a J_KL one: written once
     with atomic_dir(OUT) as tmp:
+        for name in NOT_WRITTEN_BY_REPORT:
+            if (OUT / name).is_file():
+                shutil.copy2(OUT / name, tmp / name)
         runs[[c for c in keep if c in runs]].to_csv(tmp / "runs.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index=False)
         (tmp / "summary.md").write_text(render(summary))

@@ -79,6 +79,19 @@ def test_report_writes_tables_and_plots(tmp_path, monkeypatch):
     assert "NO (real images)" in md and "| freeze_bn-true | 92.00% | 1.00 | - | 3 | 0 |" in md
 
 
+def test_report_keeps_the_probe_log_it_does_not_write(tmp_path, monkeypatch):
+    """report replaces reports/compare whole; scripts/zoo_probe.py's CSV there survives it byte for byte."""
+    monkeypatch.chdir(tmp_path)
+    probe = tmp_path / "reports" / "compare" / "zoo_probe.csv"
+    probe.parent.mkdir(parents=True)
+    probe.write_bytes(b"teacher,spec\nregnet,lambda_bn=30\n")
+    (tmp_path / "reports" / "compare" / "stale.md").write_text("old")
+    (tmp_path / "exp.json").write_text(json.dumps(document()))
+    compare.main(["report", "--json", str(tmp_path / "exp.json")])
+    assert probe.read_bytes() == b"teacher,spec\nregnet,lambda_bn=30\n"
+    assert not (tmp_path / "reports" / "compare" / "stale.md").exists()  # anything else is rewritten or gone
+
+
 def test_report_without_sweeps_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.json").write_text(json.dumps([{"rev": "workspace", "data": {"rev": "workspace"}}]))
