@@ -61,9 +61,13 @@ def test_crop_resize_and_cutout():
     assert torch.allclose(full, x, atol=1e-4)  # area 1: the identity resampling
     crops = random_resized_crop(x, 0.3, gen)
     assert crops.shape == x.shape and not torch.allclose(crops, x)
-    holes = random_cutout(torch.ones(16, 2, 8, 8), 0.25, gen)
+    holes = random_cutout(torch.ones(64, 2, 8, 8), 0.25, gen)
     zeros = (holes == 0).sum((1, 2, 3))
-    assert (zeros > 0).all() and (zeros <= 2 * 9).all()  # one square of side <= 3 per image, both channels
+    assert (zeros > 0).all() and (zeros <= 2 * 4).all()  # one square of side 0.25 x 8 = 2 per image, both channels
+    assert (zeros == 2 * 4).sum() >= 32  # unclipped where the centre is >= 1 px from the top/left border (49/64)
+    for img in holes[:, 0]:  # the zeros form one axis-aligned rectangle: its bounding box holds nothing else
+        r, c = (img == 0).nonzero(as_tuple=True)
+        assert (img[r.min() : r.max() + 1, c.min() : c.max() + 1] == 0).all() and r.max() - r.min() < 2 and c.max() - c.min() < 2
 
 
 def test_duplicates_gradient_is_mean_over_copies():

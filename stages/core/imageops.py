@@ -71,7 +71,8 @@ def random_cutout(x: torch.Tensor, size: float, generator: torch.Generator) -> t
     cy = torch.randint(0, h, (n, 1, 1), generator=generator)
     cx = torch.randint(0, w, (n, 1, 1), generator=generator)
     ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-    hole = ((ys - cy).abs() <= k // 2) & ((xs - cx).abs() <= k // 2)
+    top, left = cy - k // 2, cx - k // 2  # a k x k square centred at (cy, cx), clipped at the border
+    hole = (ys >= top) & (ys < top + k) & (xs >= left) & (xs < left + k)
     return x * (~hole).unsqueeze(1).to(x.device, x.dtype)
 
 

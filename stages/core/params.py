@@ -88,6 +88,7 @@ class TrainTeacher(Section):
     label_smoothing: float = num(0.0, 1.0, hi_open=True)
     max_shift: int = num(0, 16)
     flip: bool
+    cutout: float = num(0.0, 1.0, hi_open=True)  # side of one zeroed square per image / image height; 0 = off
     precision: Precision  # auto = bf16 autocast only where bf16 is native, else fp32
 
 

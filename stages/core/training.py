@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .imageops import random_shift_flip
+from .imageops import random_cutout, random_shift_flip
 from .precision import autocast
 
 
@@ -75,7 +75,7 @@ def load_checkpoint(path: Path, key: str) -> dict | None:
 def train_classifier(
     model, x, y, cfg, device, seed: int, eval_fn=None, precision: str = "fp32", checkpoint: Path | None = None, key: str = ""
 ) -> list[dict]:
-    """SGD + Nesterov momentum with cosine decay and per-sample shift/flip augmentation.
+    """SGD + Nesterov momentum with cosine decay and per-sample shift/flip (+ cutout) augmentation.
 
     ``x`` are normalized float images on CPU, ``y`` int64 labels; ``precision`` is a resolved precision
     (``fp32`` or ``bf16`` autocast, see ``precision.resolve``). Returns one history row per epoch;
@@ -113,6 +113,8 @@ def train_classifier(
         bar = tqdm(list(minibatches(len(x), cfg.batch_size, gen)), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
         for idx in bar:
             xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
+            if cfg.cutout > 0:  # drawn after shift/flip, so cutout 0 leaves the RNG stream (and the weights) unchanged
+                xb = random_cutout(xb, cfg.cutout, gen)
             xb = xb.to(device).contiguous(memory_format=torch.channels_last)
             yb = y[idx].to(device)
             with autocast(precision, device):
