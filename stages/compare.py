@@ -538,7 +538,8 @@ def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
         "",
         "Each teacher was trained by `scripts/make_zoo_teachers.py` (not by the pipeline) and entered through "
         "`train_teacher.source: file`; every other setting is the default (75% global unstructured sparsity, LAMP-ranked "
-        "since 2026-12-03 with the per-layer floor `prune.min_density`, DeepInversion with the normalized BN loss, KD). Accuracies on the real Fashion-MNIST "
+        "since 2026-12-03 with the per-layer floor `prune.min_density`, DeepInversion with the normalized BN loss, KD). "
+        "Accuracies on the real Fashion-MNIST "
         f"test split; device {', '.join(devices) or '-'}, CPU capability {', '.join(caps) or '-'}.",
         "",
         "| teacher | teacher acc | pruned | recovered | gap (points) | recovered >= teacher - 1 "
