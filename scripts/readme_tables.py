@@ -278,7 +278,7 @@ TABLES = {
         r, ["quant", "structured", "prune_quant"], ["before", "student", "val", "speedup", "size", "runs", "failed", "data_free"]
     ),
     "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
-    "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude", "zoo_lamp"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
+    "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
