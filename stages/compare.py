@@ -32,8 +32,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   precision     the default pipeline with fp32 and with bf16 synthesis
   bn_loss       DeepInversion's BN term: the paper's sum of L2 norms vs the scale-free normalized form at several weights
   zoo           teachers trained outside the pipeline (scripts/make_zoo_teachers.py), each brought in with the defaults;
-                report writes reports/compare/zoo.md; zoo_lamp / zoo_magnitude: the same teachers with prune.ranking
-                lamp / magnitude (a lever measured on every architecture at once)
+                report writes reports/compare/zoo.md; zoo_magnitude: the same teachers with prune.ranking magnitude
+                (the paper's ranking against the LAMP default, measured on every architecture at once)
   compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
                 fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
                 warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
@@ -129,7 +129,7 @@ SWEEPS["paper_cpu"] = {a: [*PAPER_PRESET, *PAPER_CPU_SCALE, f"train_teacher.arch
 CIFAR10_TEACHERS = {
     "teacher25": ["train_teacher.epochs=25", "train_teacher.max_shift=4"],
     "teacher60": ["train_teacher.epochs=60", "train_teacher.max_shift=4"],
-    # teacher60 overfit (88.26% val at 60 epochs, train accuracy ~99%): the same length with cutout (16 px of 32)
+    # teacher60 overfit (88.26% val at 60 epochs, train accuracy 96.9%): the same length with cutout (16 px of 32)
     "teacher60c": ["train_teacher.epochs=60", "train_teacher.max_shift=4", "train_teacher.cutout=0.5"],
 }
 CIFAR10_TEACHER = CIFAR10_TEACHERS["teacher25"]  # the one the hard_cifar10 sweep uses
@@ -268,7 +268,7 @@ SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16"
 # manifest at queue time, and each experiment gets the (git- and dvc-ignored) zoo folder copied in
 ZOO_DIR = Path("models/external/zoo")
 # the zoo under one changed setting, the same teachers: a lever measured on every architecture at once
-ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"], "zoo_lamp": ["prune.ranking=lamp"]}
+ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"]}  # zoo itself is LAMP-ranked (the default)
 ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 JKL = "metrics.j_kl_relative_to_train."  # evaluate's J_KL of each image set, relative to the training images
