@@ -235,7 +235,10 @@ def test_paper_table_puts_the_cifar_trained_teacher_beside_the_paper_with_mean_a
     doc[1]["experiments"] += [exp(f"cifar10--resnet20-teacher25-unstructured0.75--seed{s}", a) for s, a in ((0, 0.90), (1, 0.92))]
     doc[1]["experiments"].append(exp("cifar10--resnet20--seed0", 0.5))  # the short default teacher: not in this table
     doc[1]["experiments"].append(exp("cifar10--resnet20-teacher60-unstructured0.9--seed0", 0.85))
-    for e, jkl in ((doc[1]["experiments"][-4], {"synthetic": 0.61, "test": 1.02}), (doc[1]["experiments"][-1], {"synthetic": 0.42})):
+    doc[1]["experiments"].append(exp("cifar10--resnet20-teacher60-unstructured0.75-n2048--seed0", 0.88))  # its own synthetic set
+    doc[1]["experiments"][-1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["prune"]["ranking"] = "lamp"
+    jkls = ({"synthetic": 0.61, "test": 1.02}, {"synthetic": 0.42}, {"synthetic": 0.3})
+    for e, jkl in zip([doc[1]["experiments"][i] for i in (-5, -2, -1)], jkls, strict=True):
         e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["j_kl_relative_to_train"] = jkl
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.json").write_text(json.dumps(doc))
@@ -243,11 +246,13 @@ def test_paper_table_puts_the_cifar_trained_teacher_beside_the_paper_with_mean_a
     md = (tmp_path / "reports" / "compare" / "paper.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| resnet20")]
     # mean 91.00, sample std 1.41 points; gap 92.50 - 91.00; share of the loss recovered (91 - 80) / (92.5 - 80) = 88%
-    assert rows[0] == "| resnet20-teacher25-unstructured0.75 | - | 2 | 92.50% | 80.00% | 91.00% +- 1.41 | 1.50 | 88% |"
-    # J_KL: one row per teacher preset, a set a run did not measure shown as "-"
+    # runs without prune.ranking predate it: magnitude-ranked, the only ranking then
+    assert rows[0] == "| resnet20-teacher25-unstructured0.75 | magnitude | - | 2 | 92.50% | 80.00% | 91.00% +- 1.41 | 1.50 | 88% |"
+    assert "| resnet20-teacher60-unstructured0.75-n2048 | lamp | - | 1 | 92.50% | 80.00% | 88.00% | 4.50 | 64% |" in rows
+    # J_KL: one row per teacher preset and transfer-set size, a set a run did not measure shown as "-"
     jkl = md.split("### J_KL on CIFAR-10")[1].splitlines()
     assert "| teacher | synthetic | test |" in jkl
-    assert "| teacher25 | 0.61 | 1.02 |" in jkl and "| teacher60 | 0.42 | - |" in jkl
+    assert "| teacher25 | 0.61 | 1.02 |" in jkl and "| teacher60 | 0.42 | - |" in jkl and "| teacher60-n2048 | 0.3 | - |" in jkl
     assert "73.29% -> 93.10%" in md and "NOT data-free" in md and "| paper_cpu" not in md
 
 
