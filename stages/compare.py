@@ -560,8 +560,9 @@ def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
         "# Teacher zoo: classifiers trained outside the pipeline, brought in with the defaults",
         "",
         "Each teacher was trained by `scripts/make_zoo_teachers.py` (not by the pipeline) and entered through "
-        "`train_teacher.source: file`; every other setting is the default (75% global unstructured sparsity, LAMP-ranked "
-        "since 2026-12-03 with the per-layer floor `prune.min_density`, DeepInversion with the normalized BN loss, KD). "
+        "`train_teacher.source: file`; every other setting is the default (75% global unstructured sparsity, ranked by "
+        f"{', '.join(sorted(set(pruning_ranking(done))))} with the per-layer floor `prune.min_density`, DeepInversion with "
+        "the normalized BN loss, KD). "
         "Accuracies on the real Fashion-MNIST "
         f"test split; device {', '.join(devices) or '-'}, CPU capability {', '.join(caps) or '-'}.",
         "",
@@ -748,8 +749,8 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
         )
     summary = summarize(runs)
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
-    keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", *COST]
-    keep += [RANKING, *sorted(c for c in runs if c.startswith(JKL))]  # paper.md's columns for the runs not rerun
+    keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", RANKING, *COST]
+    keep += sorted(c for c in runs if c.startswith(JKL))  # the CIFAR-10 J_KL table (paper.md) of runs not rerun
     keep = list(dict.fromkeys(keep))  # a COST column is also a J_KL one: written once
     with atomic_dir(OUT) as tmp:
         for name in NOT_WRITTEN_BY_REPORT:
