@@ -670,7 +670,7 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
         plt.close(fig)
 
 
-def hard_table(summary: pd.DataFrame) -> str | None:
+def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str | None:
     """reports/compare/hard.md: for each hard setting, no recovery / data-free / real-data KD (NOT data-free) and the
     gap, then each lever's data-free result against the same real-data arm."""
     part = summary[summary["sweep"].isin(["hard", "hard_levers"])].set_index(["sweep", "setting"])
@@ -691,12 +691,14 @@ def hard_table(summary: pd.DataFrame) -> str | None:
         return f"{g:.2f}" + (" (within 1.0)" if g <= 1.0 else "")
 
     teacher = part["teacher_accuracy"].dropna()
+    mine = pd.DataFrame() if runs is None else runs[runs["sweep"].isin(["hard", "hard_levers"]) & runs["has_metrics"]]
     lines = [
         "# Where data-free recovery is hardest: data-free vs real-data KD",
         "",
         f"Teacher {100 * teacher.iloc[0]:.2f}% (the default pipeline's). Real test split accuracy, mean +- std over seeds "
         "(runs). Real-data KD distils on as many real training images as the synthetic set has: **NOT data-free**. "
-        "Gap = real-data KD - data-free, in points.",
+        "Gap = real-data KD - data-free, in points."
+        + (f" Pruning ranked by {', '.join(sorted(set(pruning_ranking(mine))))}." if len(mine) else ""),
         "",
         "| setting | no recovery | data-free KD | real-data KD (NOT data-free) | gap |",
         "|---|---|---|---|---|",
@@ -766,7 +768,7 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
         zoo = zoo_table(summary, runs)
         if zoo:
             (tmp / "zoo.md").write_text(zoo)
-        hard = hard_table(summary)
+        hard = hard_table(summary, runs)
         if hard:
             (tmp / "hard.md").write_text(hard)
     print(render(summary))

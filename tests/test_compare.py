@@ -284,7 +284,9 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
         exp("hard_levers--unstructured0.9+generator-2048--seed0", 0.862, pruned=0.216),
     ]
     doc = [{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}]
-    table = compare.hard_table(compare.summarize(compare.runs_table(doc)))
+    runs = compare.runs_table(doc)
+    table = compare.hard_table(compare.summarize(runs), runs)
+    assert "Pruning ranked by magnitude." in table  # these runs predate prune.ranking
     assert "| unstructured0.9 | 21.60 | 85.10 +- 0.14 (2) | 87.00 (1) | 1.90 |" in table
     assert "| 2w4a | 30.00 | 88.00 (1) | 88.50 (1) | 0.50 (within 1.0) |" in table  # no recovery = the calibrated model
     assert "| structured-macs0.75 | - | not run | not run | - |" in table
