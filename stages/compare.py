@@ -283,7 +283,7 @@ ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"]}  # zoo 
 ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 JKL = "metrics.j_kl_relative_to_train."  # evaluate's J_KL of each image set, relative to the training images
-RANKING = "params.prune.ranking"  # paper.md names how each run ranked weights for pruning (LAMP the default since 2026-12-03)
+RANKING = "params.prune.ranking"  # how each run ranked weights for pruning (paper.md, zoo.md, hard.md; LAMP the default since 2026-12-03)
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
     "metrics.size_ratio": "size_ratio",
