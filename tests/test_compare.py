@@ -283,13 +283,15 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
         exp("hard--2w4a-real--seed0", 0.885, pruned=0.925, data_free=False, sparsity=0.0, calibrated=0.30),
         exp("hard_levers--unstructured0.9+generator-2048--seed0", 0.862, pruned=0.216),
     ]
+    exps[1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["prune"]["ranking"] = "lamp"
     doc = [{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}]
     runs = compare.runs_table(doc)
     table = compare.hard_table(compare.summarize(runs), runs)
-    assert "Pruning ranked by magnitude." in table  # these runs predate prune.ranking
-    assert "| unstructured0.9 | 21.60 | 85.10 +- 0.14 (2) | 87.00 (1) | 1.90 |" in table
-    assert "| 2w4a | 30.00 | 88.00 (1) | 88.50 (1) | 0.50 (within 1.0) |" in table  # no recovery = the calibrated model
-    assert "| structured-macs0.75 | - | not run | not run | - |" in table
+    # the other runs predate prune.ranking: magnitude, the only ranking then; a setting that mixes both says so
+    assert "| unstructured0.9 | lamp + magnitude | 21.60 | 85.10 +- 0.14 (2) | 87.00 (1) | 1.90 |" in table
+    # no recovery = the calibrated model; 2w4a prunes nothing
+    assert "| 2w4a | none | 30.00 | 88.00 (1) | 88.50 (1) | 0.50 (within 1.0) |" in table
+    assert "| structured-macs0.75 | structured | - | not run | not run | - |" in table
     assert "| unstructured0.9+generator-2048 | 86.20 (1) | 0.80 (within 1.0) |" in table
     assert "Teacher 92.50%" in table and "NOT data-free" in table
 
