@@ -241,7 +241,6 @@ HARD_LEVERS = {
     # MixUp; same synthetic set and KD steps as the default
     "iq1-mixup1": ["distill.iq_beta=1.0", "distill.mixup_alpha=1.0"],
 }
-HARD_LEVERS["generator-2048+iq1-mixup1"] = [*HARD_LEVERS["generator-2048"], *HARD_LEVERS["iq1-mixup1"]]  # both: do they add?
 SWEEPS["hard_levers"] = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
     for k in ("unstructured0.9", "2w4a")
