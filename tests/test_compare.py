@@ -284,6 +284,9 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
         exp("hard_levers--unstructured0.9+generator-2048--seed0", 0.862, pruned=0.216),
     ]
     exps[1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["prune"]["ranking"] = "lamp"
+    exps.append(exp("hard--4w4a--seed0", 0.870, pruned=0.925, sparsity=0.0, calibrated=0.60))
+    exps.append(exp("hard--4w4a-real--seed0", 0.875, pruned=0.881, data_free=False, sparsity=0.0, calibrated=0.60))
+    exps[-1]["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["teacher"]["accuracy"] = 0.881  # another teacher
     doc = [{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}]
     runs = compare.runs_table(doc)
     table = compare.hard_table(compare.summarize(runs), runs)
@@ -292,6 +295,8 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     # no recovery = the calibrated model; 2w4a prunes nothing
     assert "| 2w4a | none | 92.50 | 30.00 | 88.00 (1) | 88.50 (1) | 0.50 (within 1.0) |" in table
     assert "| structured-macs0.75 | structured | - | - | not run | not run | - |" in table
+    # arms on different teachers show both: their gap is not a like-for-like comparison
+    assert "| 4w4a | none | 92.50 / 88.10 | 60.00 | 87.00 (1) | 87.50 (1) | 0.50 (within 1.0) |" in table
     assert "| unstructured0.9+generator-2048 | 86.20 (1) | 0.80 (within 1.0) |" in table
     assert "NOT data-free" in table
 
