@@ -138,3 +138,21 @@ def test_bn_l2_loss_by_hand():
     target = {"a": (torch.zeros(2), torch.ones(2)), "b": (torch.zeros(4), torch.ones(4))}
     batch = {"a": (torch.tensor([3.0, 4.0]), torch.ones(2)), "b": (torch.zeros(4), torch.full((4,), 2.0))}
     assert float(bn_l2_loss(batch, target)) == pytest.approx(7.0, abs=1e-6)
+
+
+def test_first_bn_weight_multiplies_the_first_layer_in_forward_order():
+    """DeepInversion's first_bn_multiplier: the term of the first layer the input reaches, times w.
+    BN-L2 by hand (layers a: 5, b: 2, as above): w=10 -> 10*5 + 2 = 52; b first -> 10*2 + 5 = 25.
+    Normalized, by hand: layer a's term sqrt(1/2) + sqrt(1/2), layer b's 0 + 1 (variance off by 100%):
+    mean with w=3 -> (3 * sqrt(2) + 1) / 2."""
+    from stages.core.bn import BN_EPS, bn_normalized_loss
+
+    target = {"a": (torch.zeros(2), torch.ones(2)), "b": (torch.zeros(4), torch.ones(4))}
+    batch = {"a": (torch.tensor([3.0, 4.0]), torch.ones(2)), "b": (torch.zeros(4), torch.full((4,), 2.0))}
+    assert float(bn_l2_loss(batch, target, first_weight=10.0)) == pytest.approx(52.0, abs=1e-5)
+    b_first = {"b": batch["b"], "a": batch["a"]}
+    assert float(bn_l2_loss(b_first, target, first_weight=10.0)) == pytest.approx(25.0, abs=1e-5)
+    target = {"a": (torch.tensor([0.0, 1.0]), torch.tensor([4.0, 1.0]) - BN_EPS), "b": (torch.zeros(3), torch.ones(3) - BN_EPS)}
+    batch = {"a": (torch.tensor([2.0, 1.0]), torch.tensor([8.0, 1.0]) - BN_EPS), "b": (torch.zeros(3), 2 * torch.ones(3) - BN_EPS)}
+    assert float(bn_normalized_loss(batch, target)) == pytest.approx((2**0.5 + 1) / 2, abs=1e-5)
+    assert float(bn_normalized_loss(batch, target, first_weight=3.0)) == pytest.approx((3 * 2**0.5 + 1) / 2, abs=1e-5)

@@ -114,3 +114,30 @@ def test_bns_methods_deterministic_with_in_batch_augmentation(trained_toy_net, m
     a, ta, _ = synthesize_set(trained_toy_net, stats, 3, (1, 8, 8), BOUNDS, cfg(**kw), 5, torch.device("cpu"))
     b, tb, _ = synthesize_set(trained_toy_net, stats, 3, (1, 8, 8), BOUNDS, cfg(**kw), 5, torch.device("cpu"))
     assert torch.equal(a, b) and torch.equal(ta, tb) and a.shape == (12, 1, 8, 8)
+
+
+@pytest.mark.parametrize("bn_loss", ["normalized", "l2"])
+def test_first_bn_weight_enters_the_objective_not_the_logged_terms(trained_toy_net, bn_loss):
+    """With first_bn_weight w the objective's BN term is the loss with the first layer (forward order) times w;
+    the logged bn_l2 / bn_norm stay the unweighted diagnostics, and w = 1 is the plain loss."""
+    from stages.core.bn import BatchStatsHook, bn_l2_loss, bn_normalized_loss
+    from stages.core.inversion import method_losses
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 8, 8)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    target = with_input_target(running_stats(trained_toy_net), 1)
+    with BatchStatsHook(trained_toy_net) as hook:
+        logits = trained_toy_net(x)
+    stats = hook.stats
+    fn = bn_normalized_loss if bn_loss == "normalized" else bn_l2_loss
+    per_layer = [float(fn({k: v}, target)) for k, v in stats.items()]
+    plain = method_losses("deepinversion", cfg(bn_loss=bn_loss), x, x, logits, stats, targets, target)
+    heavy = method_losses("deepinversion", cfg(bn_loss=bn_loss, first_bn_weight=10.0), x, x, logits, stats, targets, target)
+    agg = (lambda v: sum(v) / len(v)) if bn_loss == "normalized" else sum
+    assert float(plain["bn"]) == pytest.approx(agg(per_layer), rel=1e-5)
+    assert float(heavy["bn"]) == pytest.approx(agg([10 * per_layer[0], *per_layer[1:]]), rel=1e-5)
+    for name in ("bn_l2", "bn_norm"):
+        assert float(heavy[name]) == pytest.approx(float(plain[name]), rel=1e-6)
+    lam = cfg().lambda_bn
+    assert float(heavy["total"] - plain["total"]) == pytest.approx(lam * (float(heavy["bn"]) - float(plain["bn"])), rel=1e-4)

@@ -182,17 +182,29 @@ class BatchStatsHook:
         self._patched.clear()
 
 
-def bn_l2_loss(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """sum over layers of ||mu_batch - mu_target||_2 + ||var_batch - var_target||_2."""
+def _first_weighted(terms: list[torch.Tensor], first_weight: float) -> torch.Tensor:
+    """The per-layer terms stacked, the first (the BN layer the input reaches first) times ``first_weight``."""
+    stacked = torch.stack(terms)
+    if first_weight != 1.0:
+        stacked = torch.cat([stacked[:1] * first_weight, stacked[1:]])
+    return stacked
+
+
+def bn_l2_loss(
+    batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]], first_weight: float = 1.0
+) -> torch.Tensor:
+    """sum over layers of ||mu_batch - mu_target||_2 + ||var_batch - var_target||_2, the first layer's term
+    (the first in ``batch``: the hook records layers in forward order) times ``first_weight`` (DeepInversion's
+    ``first_bn_multiplier``)."""
     terms = [torch.linalg.vector_norm(mu - target[n][0]) + torch.linalg.vector_norm(var - target[n][1]) for n, (mu, var) in batch.items()]
-    return torch.stack(terms).sum()
+    return _first_weighted(terms, first_weight).sum()
 
 
 BN_EPS = 1e-5  # BatchNorm's default eps: the normalized loss measures statistics in the units a BN layer divides by
 
 
 def bn_normalized_loss(
-    batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    batch: dict[str, tuple[torch.Tensor, torch.Tensor]], target: dict[str, tuple[torch.Tensor, torch.Tensor]], first_weight: float = 1.0
 ) -> torch.Tensor:
     """DeepInversion's feature-statistics distance made scale-free: mean over layers of
     ``RMS_c((mu_batch - mu) / sqrt(var + eps)) + RMS_c((var_batch - var) / (var + eps))``.
@@ -200,7 +212,8 @@ def bn_normalized_loss(
     Each term is what the layer's own normalization sees: the batch's mean shift in units of the stored std and
     its relative variance error, root-mean-squared over channels and averaged over layers, so its size does not
     grow with the width (channels) or depth (layers) of the teacher, nor with its activation scale.
-    ``bn_l2_loss`` (the paper's sum of norms) does: thousands for a ResNet-18, ~100 for a ResNet-20."""
+    ``bn_l2_loss`` (the paper's sum of norms) does: thousands for a ResNet-18, ~100 for a ResNet-20.
+    ``first_weight`` multiplies the first layer's term (in forward order) before the mean over layers."""
     terms = []
     for n, (mu, var) in batch.items():
         mu_t, var_t = target[n]
@@ -208,7 +221,7 @@ def bn_normalized_loss(
         shift = (mu - mu_t).pow(2).div(scale).mean()
         spread = (var - var_t).div(scale).pow(2).mean()
         terms.append(shift.add(1e-12).sqrt() + spread.add(1e-12).sqrt())
-    return torch.stack(terms).mean()
+    return _first_weighted(terms, first_weight).mean()
 
 
 # --- BN-Stats (BNS) divergence of "The Knowledge Within" (Haroush et al. 2020) ---------------------------------------

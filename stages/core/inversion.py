@@ -10,7 +10,8 @@ BN statistics come from the one ``bn.BatchStatsHook``. Losses per method:
   lambda_bn * BN + lambda_ce * CE + lambda_tv * TV_l2 + lambda_l2 * ||x||_2, where BN is
   ``bn_loss: normalized`` (the default, ``bn.bn_normalized_loss``: mean over layers of the per-channel RMS
   mean shift / std and relative variance error, the same size for any teacher) or ``bn_loss: l2``, the
-  paper's sum_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2), which grows with width and depth
+  paper's sum_l (||mu_l(x) - mu_l||_2 + ||var_l(x) - var_l||_2), which grows with width and depth; the first
+  BN layer's term (in forward order) is multiplied by ``first_bn_weight`` (DeepInversion's ``first_bn_multiplier``)
 - ``inception``: lambda_inception * exp(-logit[target] / inception_scale) + lambda_prior * MSE(x, blur(x))
 - ``bns`` (BN-Stats): lambda_bns * mean_l KL(N(running stats) || N(batch stats)), the input
   normalization counted as a layer, + lambda_prior * MSE(x, blur(x)); untargeted.
@@ -97,15 +98,19 @@ def method_losses(method: str, cfg, x: torch.Tensor, xa: torch.Tensor, logits, s
     ``stats`` the hook's BN batch statistics of that forward, ``targets`` one per row of ``xa``.
     """
     objective = set(METHOD_TERMS[method])
-    if method in ("deepinversion", "generator"):
-        objective.add("bn_norm" if cfg.bn_loss == "normalized" else "bn_l2")
+    bn_fn = bn_normalized_loss if cfg.bn_loss == "normalized" else bn_l2_loss
+    if method in ("deepinversion", "generator") and cfg.first_bn_weight == 1.0:
+        objective.add("bn_norm" if cfg.bn_loss == "normalized" else "bn_l2")  # the logged term is the objective's
     grad = torch.is_grad_enabled()
     t = {}
     for name, fn in (("bn_l2", bn_l2_loss), ("bn_norm", bn_normalized_loss), ("bns_kl", None)):
         with torch.set_grad_enabled(grad and name in objective):  # a logged diagnostic builds no graph
             t[name] = fn(stats, target_stats) if fn else bns_kl(with_input(stats, xa), target_stats)
     if method in ("deepinversion", "generator"):
-        t["bn"] = t["bn_norm"] if cfg.bn_loss == "normalized" else t["bn_l2"]
+        # the BN term of the objective; with first_bn_weight != 1 the logged bn_l2 / bn_norm stay unweighted
+        t["bn"] = t["bn_norm" if bn_fn is bn_normalized_loss else "bn_l2"]
+        if cfg.first_bn_weight != 1.0:
+            t["bn"] = bn_fn(stats, target_stats, cfg.first_bn_weight)
         t["ce"] = F.cross_entropy(logits, targets)
         t["tv"] = tv_l2(xa)
         t["l2"] = torch.linalg.vector_norm(xa.flatten(1), dim=1).mean()

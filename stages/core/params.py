@@ -104,6 +104,7 @@ class Synthesize(Section):
     lr: float = num(0.0, 100.0, lo_open=True)
     bn_loss: Literal["normalized", "l2"]  # deepinversion's BN term: normalized (scale-free) | l2 (the paper's sum of norms)
     lambda_bn: float = num(0.0, 1e6)
+    first_bn_weight: float = num(0.0, 1e6)  # deepinversion / generator: multiplier of the first BN layer's term
     lambda_ce: float = num(0.0, 1e6)
     lambda_tv: float = num(0.0, 1e6)
     lambda_l2: float = num(0.0, 1e6)
