@@ -33,7 +33,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   bn_loss       DeepInversion's BN term: the paper's sum of L2 norms vs the scale-free normalized form at several weights
   zoo           teachers trained outside the pipeline (scripts/make_zoo_teachers.py), each brought in with the defaults;
                 report writes reports/compare/zoo.md; zoo_magnitude: the same teachers with prune.ranking magnitude
-                (the paper's ranking against the LAMP default, measured on every architecture at once)
+                (the paper's ranking against the LAMP default, measured on every architecture at once); zoo_first_bn1:
+                with synthesize.first_bn_weight 1 (every BN layer weighted alike, the default before 2026-12-06)
   compute       recovered accuracy vs synthesis compute (images x iterations): the paper recipe (1024 images,
                 fp32, every batch from noise) at 200 / 100 / 40 / 20 iterations, bf16 at 200 / 40, and bf16 +
                 warm start from batch 0 (FAST) at 1/5, 1/10 and 1/15 of the paper recipe's compute
@@ -283,7 +284,8 @@ SWEEPS["precision"] = {p: [f"synthesize.precision={p}"] for p in ("fp32", "bf16"
 # manifest at queue time, and each experiment gets the (git- and dvc-ignored) zoo folder copied in
 ZOO_DIR = Path("models/external/zoo")
 # the zoo under one changed setting, the same teachers: a lever measured on every architecture at once
-ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"]}  # zoo itself is LAMP-ranked (the default)
+# zoo itself runs the defaults (LAMP ranking, first_bn_weight 30); zoo_first_bn1 the BN term before first_bn_weight
+ZOO_VARIANTS = {"zoo": [], "zoo_magnitude": ["prune.ranking=magnitude"], "zoo_first_bn1": ["synthesize.first_bn_weight=1.0"]}
 ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 JKL = "metrics.j_kl_relative_to_train."  # evaluate's J_KL of each image set, relative to the training images
