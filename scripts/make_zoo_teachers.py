@@ -52,7 +52,16 @@ ZOO = {
     "mobilenet_v2": {"arch": "mobilenet_v2", "input_shape": [1, 28, 28], "train_images": 20000, "epochs": 1},
     "resnet18_cifar_stem": {"arch": "resnet18", "input_shape": [1, 28, 28], "train_images": 8000, "epochs": 1},
 }
-RECIPE = {"batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.0, "max_shift": 2, "flip": True, "cutout": 0.0}
+RECIPE = {
+    "batch_size": 128,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "label_smoothing": 0.0,
+    "max_shift": 2,
+    "flip": True,
+    "cutout": 0.0,
+}
 BN_IMAGES = 5000
 
 
