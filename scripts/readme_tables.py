@@ -204,6 +204,35 @@ def zoo(reports: Path) -> str:
     return "\n".join(line for line in f.read_text().splitlines() if line.startswith("|") or line.startswith("Runs without"))
 
 
+PROBE_LEVER_KEYS = {"first_bn_weight", "seed", "ranking"}  # spec keys a first_bn_weight comparison may hold
+
+
+def first_bn_probe(reports: Path) -> str:
+    """The zoo probe's first_bn_weight comparison (validation part): per teacher and weight, the mean student
+    validation accuracy over the logged runs (KD seeds; a repeated seed is one more run), LAMP-ranked, data-free,
+    no other override; the teacher's agreement with the synthesis targets beside it."""
+    f = reports / "compare" / "zoo_probe.csv"
+    if not f.is_file():
+        return "(no probe runs yet: reports/compare/zoo_probe.csv)"
+    d = pd.read_csv(f, keep_default_na=False)
+    keys = d["spec"].map(lambda s: {kv.split("=")[0] for part in s.split("/") for kv in part.split("|") if kv})
+    d = d[keys.map(lambda k: k <= PROBE_LEVER_KEYS) & (d["ranking"] == "lamp") & d["data_free"].astype(str).eq("True")]
+    weights = sorted(d["first_bn_weight"].unique())
+    head = ["teacher", "teacher val", *(f"first_bn_weight {w:g}" for w in weights), "agreement (1 -> 30)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for teacher, g in d.groupby("teacher", sort=False):
+        cells = []
+        for w in weights:
+            acc = g[g["first_bn_weight"] == w]["student_val_accuracy"] * 100
+            spread = f" +- {acc.std():.2f}" if len(acc) > 1 else ""
+            cells.append(f"{acc.mean():.2f}%{spread} ({len(acc)})" if len(acc) else "-")
+        agree = {w: g[g["first_bn_weight"] == w]["synthetic_target_agreement"] for w in (1.0, 30.0)}
+        agree_cell = " -> ".join(f"{a.iloc[-1]:.1%}" if len(a) else "-" for a in agree.values())
+        lines.append(f"| {teacher} | {g['teacher_val_accuracy'].iloc[0]:.2%} | " + " | ".join(cells) + f" | {agree_cell} |")
+    cpus = ", ".join(sorted(d["cpu"].unique()))
+    return "\n".join([*lines, "", f"From `reports/compare/zoo_probe.csv` (validation part; runs in parentheses); measured on {cpus}."])
+
+
 def export(reports: Path) -> str:
     """The shipped models in ONNX Runtime: the default run's exports, then the export sweep's structured + int8 rows."""
     m = json.loads((reports / "metrics.json").read_text())
@@ -278,6 +307,8 @@ TABLES = {
         r, ["quant", "structured", "prune_quant"], ["before", "student", "val", "speedup", "size", "runs", "failed", "data_free"]
     ),
     "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
+    "zoo-first-bn-probe": first_bn_probe,
+    "zoo-first-bn1": lambda r: sweep_table(r, ["zoo_first_bn1"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),

@@ -108,6 +108,10 @@ def main() -> None:
             "teacher": args.teacher,
             "spec": spec,
             "data_free": "real" not in d_side.split("|"),
+            # the resolved values of the levers compared so far (the spec is relative to the defaults of its day)
+            "ranking": prune.ranking,
+            "first_bn_weight": syn.first_bn_weight,
+            "distill_seed": dis.seed,
             "teacher_val_accuracy": round(teacher_acc, 4),
             "student_val_accuracy": round(accuracy(student, x_val, val.labels, 500, device), 4),
             "synthetic_target_agreement": round(agree, 4),

@@ -107,6 +107,7 @@ PAPER_PRESET = [
     "prune.min_density=0",
     "prune.ranking=magnitude",
     "synthesize.bn_loss=l2",
+    "synthesize.first_bn_weight=1.0",  # every BN layer alike, as the paper states its loss
     "quantize.weight_bits=32",
     "quantize.act_bits=32",
     "distill.temperature=3",
@@ -241,6 +242,9 @@ HARD_LEVERS = {
     # "The Knowledge Within" (Table 1, KD+IQ+Mix): intermediate-feature loss at the three stages' outputs and in-batch
     # MixUp; same synthetic set and KD steps as the default
     "iq1-mixup1": ["distill.iq_beta=1.0", "distill.mixup_alpha=1.0"],
+    # every BN layer weighted alike: the synthesis default before first_bn_weight 30 (2026-12-06); the data-free arms of
+    # the hard sweep measured before then are these rows
+    "first-bn1": ["synthesize.first_bn_weight=1.0"],
 }
 SWEEPS["hard_levers"] = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
