@@ -294,6 +294,7 @@ ACC = "metrics.student.accuracy"
 VAL = "metrics.student.val_accuracy"  # what tuning reads: the validation part, never the test split
 JKL = "metrics.j_kl_relative_to_train."  # evaluate's J_KL of each image set, relative to the training images
 RANKING = "params.prune.ranking"  # how each run ranked weights for pruning (paper.md, zoo.md, hard.md; LAMP the default since 2026-12-03)
+FIRST_BN = "params.synthesize.first_bn_weight"  # the synthesis BN term's first-layer weight (zoo.md; 30 the default since 2026-12-06)
 COST = {  # metrics column -> summary column (absent in runs made before evaluate measured them)
     "metrics.speedup_b64": "speedup_b64",
     "metrics.size_ratio": "size_ratio",
@@ -459,6 +460,13 @@ def pruning_ranking(runs: pd.DataFrame) -> pd.Series:
     return runs[RANKING].fillna("magnitude") if RANKING in runs else pd.Series("magnitude", index=runs.index)
 
 
+def first_bn_weights(runs: pd.DataFrame) -> list[str]:
+    """The synthesize.first_bn_weight values the runs used; runs made before the parameter existed weighted every BN
+    layer alike (1)."""
+    values = runs[FIRST_BN].fillna(1.0) if FIRST_BN in runs else pd.Series(1.0, index=runs.index)
+    return [f"{float(v):g}" for v in sorted(set(values))]
+
+
 def cifar10_jkl_lines(ours: pd.DataFrame) -> list[str]:
     """J_KL (the BN-statistics divergence of "The Knowledge Within", relative to the training images) of each CIFAR-10
     teacher's image sets, from evaluate's metrics: one row per teacher preset (the synthetic set does not depend on
@@ -572,7 +580,7 @@ def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
         "Each teacher was trained by `scripts/make_zoo_teachers.py` (not by the pipeline) and entered through "
         "`train_teacher.source: file`; every other setting is the default (75% global unstructured sparsity, ranked by "
         f"{', '.join(sorted(set(pruning_ranking(done))))} with the per-layer floor `prune.min_density`, DeepInversion with "
-        "the normalized BN loss, KD). "
+        f"the normalized BN loss, its first BN layer x {', '.join(first_bn_weights(done))} (`synthesize.first_bn_weight`), KD). "
         "Accuracies on the real Fashion-MNIST "
         f"test split; device {', '.join(devices) or '-'}, CPU capability {', '.join(caps) or '-'}.",
         "",
@@ -772,7 +780,7 @@ def report(json_path: Path | None, fresh: bool = False) -> None:
         )
     summary = summarize(runs)
     keep = ["name", "sweep", "setting", "seed", "has_metrics", "data_free", ACC, "metrics.pruned.accuracy", "metrics.quantized.accuracy"]
-    keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", RANKING, *COST]
+    keep += ["metrics.teacher.accuracy", VAL, "metrics.device", "metrics.cpu_capability", RANKING, FIRST_BN, *COST]
     keep += sorted(c for c in runs if c.startswith(JKL))  # the CIFAR-10 J_KL table (paper.md) of runs not rerun
     keep = list(dict.fromkeys(keep))  # a COST column is also a J_KL one: written once
     with atomic_dir(OUT) as tmp:

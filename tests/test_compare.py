@@ -212,6 +212,8 @@ def test_zoo_settings_bring_each_teacher_in_as_made_and_the_table_checks_the_gap
     assert "| good | 90.00% | 50.00% | 89.50% | 0.50 | yes | 99.0% | 60 | 100 |" in table
     assert "| far | 90.00% | 50.00% | 85.00% | 5.00 | **no** | 50.0% |" in table
     assert "Runs without metrics (failed or not run): broken." in table
+    assert "its first BN layer x 1 (`synthesize.first_bn_weight`)" in table  # runs before the parameter: every layer alike
+    assert compare.sweep_settings("zoo_first_bn1")["tv_resnet18"][-1] == "synthesize.first_bn_weight=1.0"
 
 
 def test_one_sweep_mechanism_for_the_former_ablation_scripts():

@@ -132,7 +132,7 @@ def test_first_bn_weight_enters_the_objective_not_the_logged_terms(trained_toy_n
     stats = hook.stats
     fn = bn_normalized_loss if bn_loss == "normalized" else bn_l2_loss
     per_layer = [float(fn({k: v}, target)) for k, v in stats.items()]
-    plain = method_losses("deepinversion", cfg(bn_loss=bn_loss), x, x, logits, stats, targets, target)
+    plain = method_losses("deepinversion", cfg(bn_loss=bn_loss, first_bn_weight=1.0), x, x, logits, stats, targets, target)
     heavy = method_losses("deepinversion", cfg(bn_loss=bn_loss, first_bn_weight=10.0), x, x, logits, stats, targets, target)
     agg = (lambda v: sum(v) / len(v)) if bn_loss == "normalized" else sum
     assert float(plain["bn"]) == pytest.approx(agg(per_layer), rel=1e-5)
