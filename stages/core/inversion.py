@@ -98,19 +98,18 @@ def method_losses(method: str, cfg, x: torch.Tensor, xa: torch.Tensor, logits, s
     ``stats`` the hook's BN batch statistics of that forward, ``targets`` one per row of ``xa``.
     """
     objective = set(METHOD_TERMS[method])
-    bn_fn = bn_normalized_loss if cfg.bn_loss == "normalized" else bn_l2_loss
-    if method in ("deepinversion", "generator") and cfg.first_bn_weight == 1.0:
-        objective.add("bn_norm" if cfg.bn_loss == "normalized" else "bn_l2")  # the logged term is the objective's
+    bn_name = "bn_norm" if cfg.bn_loss == "normalized" else "bn_l2"
+    unweighted = cfg.first_bn_weight == 1.0  # then the logged (unweighted) BN term is the objective's
+    if method in ("deepinversion", "generator") and unweighted:
+        objective.add(bn_name)
     grad = torch.is_grad_enabled()
     t = {}
-    for name, fn in (("bn_l2", bn_l2_loss), ("bn_norm", bn_normalized_loss), ("bns_kl", None)):
+    bn_fns = {"bn_l2": bn_l2_loss, "bn_norm": bn_normalized_loss}
+    for name, fn in (*bn_fns.items(), ("bns_kl", None)):
         with torch.set_grad_enabled(grad and name in objective):  # a logged diagnostic builds no graph
             t[name] = fn(stats, target_stats) if fn else bns_kl(with_input(stats, xa), target_stats)
     if method in ("deepinversion", "generator"):
-        # the BN term of the objective; with first_bn_weight != 1 the logged bn_l2 / bn_norm stay unweighted
-        t["bn"] = t["bn_norm" if bn_fn is bn_normalized_loss else "bn_l2"]
-        if cfg.first_bn_weight != 1.0:
-            t["bn"] = bn_fn(stats, target_stats, cfg.first_bn_weight)
+        t["bn"] = t[bn_name] if unweighted else bn_fns[bn_name](stats, target_stats, cfg.first_bn_weight)
         t["ce"] = F.cross_entropy(logits, targets)
         t["tv"] = tv_l2(xa)
         t["l2"] = torch.linalg.vector_norm(xa.flatten(1), dim=1).mean()
