@@ -178,7 +178,7 @@ def throughput(args, teacher, card, running) -> dict:
     shape = tuple(card["input_shape"])
     base = replace(load_params("synthesize")["synthesize"], n_images=args.batch, batch_size=args.batch, iterations=args.iterations)
     # the reference loop is DeepInversion's own (sum-of-L2 BN loss): time the pipeline on the same objective
-    base = replace(base, bn_loss="l2", lambda_bn=1.0)
+    base = replace(base, bn_loss="l2", lambda_bn=1.0, first_bn_weight=1.0)
     fp32 = replace(base, precision="fp32", early_stop_tol=0.0, warm_start=0.0)
     bf16 = replace(fp32, precision="bf16")
     targets = balanced_targets(args.batch, card["num_classes"])
