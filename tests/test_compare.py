@@ -276,7 +276,8 @@ def test_cifar_sweeps_take_the_dataset_path_as_an_option(tmp_path, monkeypatch):
 
 def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     """Worked by hand: 90% unstructured data-free 85.0 / 85.2 (mean 85.10, std 0.14), real 87.0 -> gap 1.90;
-    2w4a data-free 88.0 vs real 88.5 -> gap 0.50, within 1.0; a lever row compares with its setting's real arm."""
+    2w4a data-free 88.0 vs real 88.5 -> gap 0.50, within 1.0; a lever row compares with its setting's real arm, a
+    budget lever (kd4x: 4x KD steps) with its own: 90.1 - 88.4 = 1.70."""
     exps = [
         exp("hard--unstructured0.9--seed0", 0.850, pruned=0.216),
         exp("hard--unstructured0.9--seed1", 0.852, pruned=0.216),
@@ -284,6 +285,9 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
         exp("hard--2w4a--seed0", 0.880, pruned=0.925, sparsity=0.0, calibrated=0.30),
         exp("hard--2w4a-real--seed0", 0.885, pruned=0.925, data_free=False, sparsity=0.0, calibrated=0.30),
         exp("hard_levers--unstructured0.9+generator-2048--seed0", 0.862, pruned=0.216),
+        exp("hard_levers--2w4a+kd4x--seed0", 0.884, pruned=0.925, sparsity=0.0, calibrated=0.30),
+        exp("hard_levers--2w4a+kd4x-real--seed0", 0.901, pruned=0.925, data_free=False, sparsity=0.0, calibrated=0.30),
+        exp("hard_levers--2w4a+n1024--seed0", 0.889, pruned=0.925, sparsity=0.0, calibrated=0.30),
     ]
     exps[1]["revs"][0]["data"]["params"]["params.yaml"]["data"]["prune"]["ranking"] = "lamp"
     exps.append(exp("hard--4w4a--seed0", 0.870, pruned=0.925, sparsity=0.0, calibrated=0.60))
@@ -299,7 +303,11 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     assert "| structured-macs0.75 | structured | - | - | not run | not run | - |" in table
     # arms on different teachers show both: their gap is not a like-for-like comparison
     assert "| 4w4a | none | 92.50 / 88.10 | 60.00 | 87.00 (1) | 87.50 (1) | 0.50 (within 1.0) |" in table
-    assert "| unstructured0.9+generator-2048 | 86.20 (1) | 0.80 (within 1.0) |" in table
+    assert "| unstructured0.9+generator-2048 | 86.20 (1) | 87.00 (1) | 0.80 (within 1.0) |" in table
+    # a budget lever compares with its own real-data arm (90.10 - 88.40 = 1.70), never with the default budget's 88.50
+    assert "| 2w4a+kd4x | 88.40 (1) | 90.10 (1) | 1.70 |" in table
+    assert "| 2w4a+n1024 | 88.90 (1) | not run | - |" in table
+    assert "2w4a+kd4x-real |" not in table  # the real arm is a column of its lever's row, not a lever
     assert "NOT data-free" in table
 
 
