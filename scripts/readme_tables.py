@@ -204,33 +204,45 @@ def zoo(reports: Path) -> str:
     return "\n".join(line for line in f.read_text().splitlines() if line.startswith("|") or line.startswith("Runs without"))
 
 
-PROBE_LEVER_KEYS = {"first_bn_weight", "seed", "ranking"}  # spec keys a first_bn_weight comparison may hold
-
-
-def first_bn_probe(reports: Path) -> str:
-    """The zoo probe's first_bn_weight comparison (validation part): per teacher and weight, the mean student
-    validation accuracy over the logged runs (KD seeds; a repeated seed is one more run), LAMP-ranked, data-free,
-    no other override; the teacher's agreement with the synthesis targets beside it."""
+def probe_table(reports: Path, lever: str, keys: set[str], fixed: dict, agree_between: tuple[float, float]) -> str:
+    """A zoo probe comparison (validation part): per teacher and value of ``lever``, the mean student validation
+    accuracy over the logged runs (KD seeds; a repeated seed is one more run), LAMP-ranked, data-free, the resolved
+    columns in ``fixed`` at those values, no spec key outside ``keys``; the teacher's agreement with the synthesis
+    targets at the two values of ``agree_between`` beside it."""
     f = reports / "compare" / "zoo_probe.csv"
     if not f.is_file():
         return "(no probe runs yet: reports/compare/zoo_probe.csv)"
     d = pd.read_csv(f, keep_default_na=False)
-    keys = d["spec"].map(lambda s: {kv.split("=")[0] for part in s.split("/") for kv in part.split("|") if kv})
-    d = d[keys.map(lambda k: k <= PROBE_LEVER_KEYS) & (d["ranking"] == "lamp") & d["data_free"].astype(str).eq("True")]
-    weights = sorted(d["first_bn_weight"].unique())
-    head = ["teacher", "teacher val", *(f"first_bn_weight {w:g}" for w in weights), "agreement (1 -> 30)"]
+    spec_keys = d["spec"].map(lambda s: {kv.split("=")[0] for part in s.split("/") for kv in part.split("|") if kv})
+    keep = spec_keys.map(lambda k: k <= keys) & (d["ranking"] == "lamp") & d["data_free"].astype(str).eq("True")
+    for col, value in fixed.items():
+        keep &= d[col] == value
+    d = d[keep]
+    values = sorted(d[lever].unique())
+    lo, hi = agree_between
+    head = ["teacher", "teacher val", *(f"{lever} {v:g}" for v in values), f"agreement ({lo:g} -> {hi:g})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for teacher, g in d.groupby("teacher", sort=False):
         cells = []
-        for w in weights:
-            acc = g[g["first_bn_weight"] == w]["student_val_accuracy"] * 100
+        for v in values:
+            acc = g[g[lever] == v]["student_val_accuracy"] * 100
             spread = f" +- {acc.std():.2f}" if len(acc) > 1 else ""
             cells.append(f"{acc.mean():.2f}%{spread} ({len(acc)})" if len(acc) else "-")
-        agree = {w: g[g["first_bn_weight"] == w]["synthetic_target_agreement"] for w in (1.0, 30.0)}
-        agree_cell = " -> ".join(f"{a.iloc[-1]:.1%}" if len(a) else "-" for a in agree.values())
+        agree = [g[g[lever] == v]["synthetic_target_agreement"] for v in agree_between]
+        agree_cell = " -> ".join(f"{a.iloc[-1]:.1%}" if len(a) else "-" for a in agree)
         lines.append(f"| {teacher} | {g['teacher_val_accuracy'].iloc[0]:.2%} | " + " | ".join(cells) + f" | {agree_cell} |")
     cpus = ", ".join(sorted(d["cpu"].unique()))
     return "\n".join([*lines, "", f"From `reports/compare/zoo_probe.csv` (validation part; runs in parentheses); measured on {cpus}."])
+
+
+def first_bn_probe(reports: Path) -> str:
+    """The first_bn_weight comparison (every other lever at its default of 2026-12-06, class weight 1)."""
+    return probe_table(reports, "first_bn_weight", {"first_bn_weight", "seed", "ranking"}, {"lambda_ce": 1.0}, (1.0, 30.0))
+
+
+def ce_probe(reports: Path) -> str:
+    """The class term's weight lambda_ce at first_bn_weight 30 (the default): agreement against recovered accuracy."""
+    return probe_table(reports, "lambda_ce", {"lambda_ce", "first_bn_weight", "seed"}, {"first_bn_weight": 30.0}, (1.0, 3.0))
 
 
 def export(reports: Path) -> str:
@@ -308,6 +320,7 @@ TABLES = {
     ),
     "compute": lambda r: sweep_table(r, ["compute"], ["compute", "synth_s", "student", "val", "runs", "failed"]),
     "zoo-first-bn-probe": first_bn_probe,
+    "zoo-ce-probe": ce_probe,
     "zoo-first-bn1": lambda r: sweep_table(r, ["zoo_first_bn1"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),

@@ -111,6 +111,7 @@ def main() -> None:
             # the resolved values of the levers compared so far (the spec is relative to the defaults of its day)
             "ranking": prune.ranking,
             "first_bn_weight": syn.first_bn_weight,
+            "lambda_ce": syn.lambda_ce,
             "distill_seed": dis.seed,
             "teacher_val_accuracy": round(teacher_acc, 4),
             "student_val_accuracy": round(accuracy(student, x_val, val.labels, 500, device), 4),
