@@ -445,7 +445,11 @@ def paper_table(runs: pd.DataFrame) -> str:
             "## Our default pipeline on a CIFAR-trained teacher (sweep cifar10, resnet20 with the CIFAR stem)",
             "",
             "Teachers: `train_teacher` with "
-            + "; ".join(f"{k} = {', '.join(v)}" for k, v in CIFAR10_TEACHERS.items())
+            + "; ".join(
+                f"{k} = {', '.join(v)}"
+                for k, v in CIFAR10_TEACHERS.items()
+                if ours["setting"].str.startswith(f"resnet20-{k}-").any()  # a preset without runs is not a result
+            )
             + " (cosine SGD, shifts + flips) on the 45,000 training images "
             "that are not the validation part; then the defaults (256 DeepInversion images x 160 iterations, global pruning "
             "with the per-layer floor prune.min_density ranked as the column says, 320 KD steps; `-n2048`: "
