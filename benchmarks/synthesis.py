@@ -21,7 +21,8 @@ generator and per-image optimization, so each row makes a whole synthetic set, d
 the paper budget (1024 images x 200 iterations from noise, fp32) made by the pipeline; the reference loop's
 time for that budget is measured on one batch of 256 x 200 and scaled by the batch count (its batches are
 independent and cost the same). Rows: the reference loop, the paper budget, today's default, and the
-``generator`` method at several budgets. A part not run keeps its previous section of synthesis.json.
+``generator`` method at several budgets. A part not run keeps its previous section of synthesis.json; time-to-accuracy
+runs are kept one per machine (CPU capability, threads), a rerun replacing only its own machine's.
 """
 
 from __future__ import annotations
@@ -317,9 +318,15 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
         f"pipeline default ({default.method}, {default.n_images} x {default.iterations}, "
         f"precision {default.precision} = {precision.resolve(default.precision, torch.device('cpu'), 'synthesize.precision')})": default,
     }
-    for n, warmup, steps in args.generator_budgets:
-        gen = replace(default, method="generator", n_images=n, generator_warmup=warmup, generator_steps=steps)
-        rows[f"generator {n} images, warmup {warmup} + {steps} steps per batch"] = gen
+    if precision.resolve(default.precision, torch.device("cpu"), "synthesize.precision") != "fp32":  # what a CPU without native bf16 runs
+        rows[f"pipeline default ({default.method}, {default.n_images} x {default.iterations}), precision fp32"] = replace(
+            default, precision="fp32"
+        )
+    for images, warmup, steps, prec in args.generator_budgets:  # not `n`: the reference row below reads the paper's n
+        gen = replace(default, method="generator", n_images=images, generator_warmup=warmup, generator_steps=steps, precision=prec)
+        resolved = precision.resolve(prec, torch.device("cpu"), "synthesize.precision")
+        label = f"precision {prec} = {resolved}" if prec == "auto" else f"precision {prec}"
+        rows[f"generator {images} images, warmup {warmup} + {steps} steps per batch, {label}"] = gen
     out, ref_seconds = {}, None
     for name, cfg in rows.items():
         torch.set_num_threads(args.threads)
@@ -355,6 +362,19 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
     }
 
 
+def machine_label(m: dict) -> str:
+    """The key of a time-to-accuracy run: what sets its speed (CPU capability, threads), e.g. ``AVX2, 1 thread(s)``."""
+    return f"{m['cpu_capability']}, {m['threads']} thread(s)"
+
+
+def time_to_accuracy_runs(result: dict) -> dict[str, dict]:
+    """The time-to-accuracy runs of synthesis.json, one per machine label (a speed-up depends on the CPU and the thread
+    count, so a run on one machine does not replace another's). Files written before runs were kept per machine hold a
+    single run, which becomes the entry of its own machine."""
+    runs = result.get("time_to_accuracy") or {}
+    return {machine_label(runs["machine"]): runs} if "rows" in runs else dict(runs)
+
+
 def time_to_accuracy_lines(result: dict) -> list[str]:
     m = result["machine"]
     lines = [
@@ -376,12 +396,17 @@ def time_to_accuracy_lines(result: dict) -> list[str]:
     return lines
 
 
-def budget(text: str) -> tuple[int, int, int]:
+def budget(text: str) -> tuple[int, int, int, str]:
+    """IMAGES:WARMUP:STEPS[:PRECISION] (precision auto | fp32 | bf16, default auto)."""
+    fields = text.split(":")
+    prec = fields.pop() if len(fields) == 4 else "auto"
     try:
-        n, warmup, steps = (int(v) for v in text.split(":"))
+        n, warmup, steps = (int(v) for v in fields)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected IMAGES:WARMUP:STEPS, e.g. 1024:100:10") from None
-    return n, warmup, steps
+        raise argparse.ArgumentTypeError(f"{text!r}: expected IMAGES:WARMUP:STEPS[:PRECISION], e.g. 1024:100:10:fp32") from None
+    if prec not in ("auto", "fp32", "bf16"):
+        raise argparse.ArgumentTypeError(f"{text!r}: precision must be auto, fp32 or bf16, not {prec!r}")
+    return n, warmup, steps, prec
 
 
 def main() -> None:
@@ -399,8 +424,8 @@ def main() -> None:
         "--generator-budgets",
         type=budget,
         nargs="+",
-        default=[(256, 200, 20), (1024, 100, 10), (2048, 100, 5)],
-        help="time to accuracy: generator rows as IMAGES:WARMUP:STEPS",
+        default=[(1024, 100, 10, "auto"), (1024, 100, 10, "fp32"), (1024, 60, 8, "fp32"), (2048, 50, 2, "auto"), (2048, 50, 2, "fp32")],
+        help="time to accuracy: generator rows as IMAGES:WARMUP:STEPS[:PRECISION] (auto | fp32 | bf16; default auto)",
     )
     ap.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     args = ap.parse_args()
@@ -412,11 +437,16 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.is_file() else {}  # a part not run keeps its earlier section
     if "throughput" in args.parts:
         result |= throughput(args, teacher, card, running)
+    runs = time_to_accuracy_runs(result)
     if "time_to_accuracy" in args.parts:
-        result["time_to_accuracy"] = time_to_accuracy(args, teacher, card, running)
+        run = time_to_accuracy(args, teacher, card, running)
+        runs.pop(machine_label(run["machine"]), None)  # this machine's new run goes last
+        runs[machine_label(run["machine"])] = run
+    if runs:
+        result["time_to_accuracy"] = runs
     lines = throughput_lines(result) if "synthesis" in result else []
-    if "time_to_accuracy" in result:
-        lines += ["", *time_to_accuracy_lines(result["time_to_accuracy"])]
+    for run in runs.values():
+        lines += ["", *time_to_accuracy_lines(run)]
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     atomic_write_text(args.out / "synthesis.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

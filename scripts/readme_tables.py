@@ -167,22 +167,31 @@ def benchmark(reports: Path) -> str:
 
 
 def time_to_accuracy(reports: Path) -> str:
-    """The benchmark's own time-to-accuracy table (benchmarks/synthesis.py renders it into synthesis.md), with where it ran."""
+    """The benchmark's own time-to-accuracy tables (benchmarks/synthesis.py renders them into synthesis.md), one per
+    machine it ran on (CPU capability, threads), each with where it ran."""
     f, md = reports / "benchmarks" / "synthesis.json", reports / "benchmarks" / "synthesis.md"
     b = json.loads(f.read_text()) if f.is_file() else {}
     if "time_to_accuracy" not in b or not md.is_file():
         return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
-    section = md.read_text().split("## Time to accuracy", 1)[-1]
-    t, mach = b["time_to_accuracy"], b["time_to_accuracy"]["machine"]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    lines += [
-        "",
-        f"From `reports/benchmarks/synthesis.json` (`time_to_accuracy`): teacher {t['teacher']}, every set distilled into the "
-        f"default student for {t['kd_steps']} KD steps, accuracy on the {t['validation_images']} validation images; target "
-        f"{t['target_accuracy']:.2%} (the paper budget), reached within {t['tolerance_points']} points; machine {mach['cpu']}, "
-        f"{mach['threads']} thread(s), CPU capability {mach['cpu_capability']}, torch {mach['torch']}.",
-    ]
-    return "\n".join(lines)
+    runs = b["time_to_accuracy"]
+    runs = [runs] if "rows" in runs else list(runs.values())  # one run (older files) or one per machine
+    sections = md.read_text().split("## Time to accuracy")[1:]
+    if len(sections) != len(runs):
+        raise SystemExit(f"{md}: {len(sections)} time-to-accuracy tables for {len(runs)} runs in {f}: rerun the benchmark")
+    out = []
+    for t, section in zip(runs, sections):
+        mach = t["machine"]
+        out += [f"**{mach['cpu']}, CPU capability {mach['cpu_capability']}, {mach['threads']} thread(s):**", ""]
+        out += [line for line in section.splitlines() if line.startswith("|")]
+        out += [
+            "",
+            f"From `reports/benchmarks/synthesis.json` (`time_to_accuracy`): teacher {t['teacher']}, every set distilled into "
+            f"the default student for {t['kd_steps']} KD steps, accuracy on the {t['validation_images']} validation images; "
+            f"target {t['target_accuracy']:.2%} (the paper budget), reached within {t['tolerance_points']} points; machine "
+            f"{mach['cpu']}, {mach['threads']} thread(s), CPU capability {mach['cpu_capability']}, torch {mach['torch']}.",
+            "",
+        ]
+    return "\n".join(out).rstrip()
 
 
 def archs(_reports: Path) -> str:

@@ -256,6 +256,7 @@ HARD_LEVERS = {
 HARD_BUDGET_LEVERS = {
     "kd4x": ["distill.epochs=640"],  # 4x the default's KD steps (1280) on the same 256 images
     "n1024": ["synthesize.n_images=1024"],  # 4x the images, each 160 iterations (4x synthesis), 4x KD steps (160 epochs)
+    "n2048": ["synthesize.n_images=2048"],  # 8x the images (8x synthesis) and 8x the KD steps (2,560)
 }
 SWEEPS["hard_levers"] = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]

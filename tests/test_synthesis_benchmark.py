@@ -1,0 +1,31 @@
+"""benchmarks/synthesis.py: the generator-budget argument (its timings are the pipeline's, tested elsewhere)."""
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("synthesis_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "synthesis.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_budget_without_precision_runs_at_the_default_auto():
+    assert bench.budget("1024:100:10") == (1024, 100, 10, "auto")
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "auto"])
+def test_budget_names_its_precision(prec):
+    assert bench.budget(f"2048:50:2:{prec}") == (2048, 50, 2, prec)
+
+
+@pytest.mark.parametrize("text", ["1024:100", "1024:100:ten", "1024:100:10:fp32:x", ""])
+def test_malformed_budget_is_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="IMAGES:WARMUP:STEPS"):
+        bench.budget(text)
+
+
+def test_unknown_precision_is_refused_by_name():
+    with pytest.raises(argparse.ArgumentTypeError, match="'fp16'"):
+        bench.budget("1024:100:10:fp16")
