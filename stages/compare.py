@@ -24,8 +24,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   export        channel pruning (50% fewer MACs; kept channels in multiples of 8, or of 16 layerwise / global) + ONNX
                 Runtime int8: the shipped model, beside the default run's export
   hard_levers   levers on the hard settings: generator 2048 images, 1024 from noise x 40 iterations, IQ + MixUp,
-                first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 (4x images), each with its own
-                `-real` arm (NOT data-free) at the same budget
+                first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 (4x / 8x images and KD
+                steps), each with its own `-real` arm (NOT data-free) at the same budget
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
