@@ -29,3 +29,18 @@ def test_malformed_budget_is_refused(text):
 def test_unknown_precision_is_refused_by_name():
     with pytest.raises(argparse.ArgumentTypeError, match="'fp16'"):
         bench.budget("1024:100:10:fp16")
+
+
+def _run(capability: str, threads: int) -> dict:
+    return {"machine": {"cpu_capability": capability, "threads": threads}, "rows": {"reference loop": {"synthesis_s": 1.0}}}
+
+
+def test_a_single_run_from_an_older_file_becomes_its_machines_entry():
+    old = _run("AVX2", 1)
+    assert bench.time_to_accuracy_runs({"time_to_accuracy": old}) == {"AVX2, 1 thread(s)": old}
+
+
+def test_runs_are_kept_per_machine():
+    runs = {"AVX2, 1 thread(s)": _run("AVX2", 1), "AVX512, 2 thread(s)": _run("AVX512", 2)}
+    assert bench.time_to_accuracy_runs({"time_to_accuracy": runs}) == runs
+    assert bench.time_to_accuracy_runs({}) == {}
