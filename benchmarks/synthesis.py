@@ -312,17 +312,18 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
     kd_steps = args.kd_steps or dflt_distill.epochs * math.ceil(default.n_images / dflt_distill.batch_size)
     n, its = args.paper_budget
     paper = replace(default, method="deepinversion", n_images=n, iterations=its, precision="fp32", warm_start=0.0, early_stop_tol=0.0)
+    default_precision = precision.resolve(default.precision, torch.device("cpu"), "synthesize.precision")
     rows = {  # name -> synthesize config (None: the reference loop)
         f"reference loop (fp32, NCHW, hooks, Adam), paper budget {n} x {its}": None,
         f"pipeline from noise, paper budget {n} x {its} fp32 (the target accuracy)": paper,
         f"pipeline default ({default.method}, {default.n_images} x {default.iterations}, "
-        f"precision {default.precision} = {precision.resolve(default.precision, torch.device('cpu'), 'synthesize.precision')})": default,
+        f"precision {default.precision} = {default_precision})": default,
     }
-    if precision.resolve(default.precision, torch.device("cpu"), "synthesize.precision") != "fp32":  # what a CPU without native bf16 runs
+    if default_precision != "fp32":  # what a CPU without native bf16 runs
         rows[f"pipeline default ({default.method}, {default.n_images} x {default.iterations}), precision fp32"] = replace(
             default, precision="fp32"
         )
-    for images, warmup, steps, prec in args.generator_budgets:  # not `n`: the reference row below reads the paper's n
+    for images, warmup, steps, prec in args.generator_budgets:
         gen = replace(default, method="generator", n_images=images, generator_warmup=warmup, generator_steps=steps, precision=prec)
         resolved = precision.resolve(prec, torch.device("cpu"), "synthesize.precision")
         label = f"precision {prec} = {resolved}" if prec == "auto" else f"precision {prec}"
@@ -330,13 +331,14 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
     out, ref_seconds = {}, None
     for name, cfg in rows.items():
         torch.set_num_threads(args.threads)
-        if cfg is None:  # DeepInversion's own loop on one batch of the paper's budget, times the batch count
-            b = min(paper.batch_size, n)
+        if cfg is None:  # DeepInversion's own loop on one batch of the paper's budget (its own config), times the batch count
+            b = min(paper.batch_size, paper.n_images)
+            batches = math.ceil(paper.n_images / b)
             ref_cfg = replace(paper, bn_loss="l2", lambda_bn=1.0, n_images=b, batch_size=b)
             seconds, _, _ = reference_loop(teacher, running, balanced_targets(b, card["num_classes"]), shape, ref_cfg, 0)
-            ref_seconds = seconds * math.ceil(n / b)
-            measured = f"1 batch of {b} x {its}, x {math.ceil(n / b)}"
-            out[name] = {"images": n, "synthesis_s": ref_seconds, "measured": measured, "accuracy": None}
+            ref_seconds = seconds * batches
+            measured = f"1 batch of {b} x {paper.iterations}, x {batches}"
+            out[name] = {"images": paper.n_images, "synthesis_s": ref_seconds, "measured": measured, "accuracy": None}
             print(f"{name}: {ref_seconds:.0f} s", flush=True)
             continue
         cl = teacher.to(memory_format=torch.channels_last)
@@ -404,8 +406,8 @@ def budget(text: str) -> tuple[int, int, int, str]:
         n, warmup, steps = (int(v) for v in fields)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected IMAGES:WARMUP:STEPS[:PRECISION], e.g. 1024:100:10:fp32") from None
-    if prec not in ("auto", "fp32", "bf16"):
-        raise argparse.ArgumentTypeError(f"{text!r}: precision must be auto, fp32 or bf16, not {prec!r}")
+    if prec not in precision.CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r}: precision must be one of {list(precision.CHOICES)}, not {prec!r}")
     return n, warmup, steps, prec
 
 

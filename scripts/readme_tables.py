@@ -173,8 +173,7 @@ def time_to_accuracy(reports: Path) -> str:
     b = json.loads(f.read_text()) if f.is_file() else {}
     if "time_to_accuracy" not in b or not md.is_file():
         return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
-    runs = b["time_to_accuracy"]
-    runs = [runs] if "rows" in runs else list(runs.values())  # one run (older files) or one per machine
+    runs = list(b["time_to_accuracy"].values())  # one run per machine (the benchmark converts older single-run files)
     sections = md.read_text().split("## Time to accuracy")[1:]
     if len(sections) != len(runs):
         raise SystemExit(f"{md}: {len(sections)} time-to-accuracy tables for {len(runs)} runs in {f}: rerun the benchmark")
