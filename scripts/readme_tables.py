@@ -173,13 +173,20 @@ def time_to_accuracy(reports: Path) -> str:
     b = json.loads(f.read_text()) if f.is_file() else {}
     if "time_to_accuracy" not in b or not md.is_file():
         return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
-    runs = list(b["time_to_accuracy"].values())  # one run per machine (the benchmark converts older single-run files)
     sections = md.read_text().split("## Time to accuracy")[1:]
-    if len(sections) != len(runs):
-        raise SystemExit(f"{md}: {len(sections)} time-to-accuracy tables for {len(runs)} runs in {f}: rerun the benchmark")
     out = []
-    for t, section in zip(runs, sections):
+    for t in b["time_to_accuracy"].values():  # one run per machine (the benchmark converts older single-run files)
         mach = t["machine"]
+        # its table is the section whose heading names the same machine (threads, CPU capability)
+        mine = [
+            s
+            for s in sections
+            if f" {mach['threads']} threads," in s.splitlines()[0]
+            and s.splitlines()[0].endswith(f"CPU capability {mach['cpu_capability']})")
+        ]
+        if len(mine) != 1:
+            raise SystemExit(f"{md}: {len(mine)} time-to-accuracy tables for the run on {mach} in {f}: rerun the benchmark")
+        section = mine[0]
         out += [f"**{mach['cpu']}, CPU capability {mach['cpu_capability']}, {mach['threads']} thread(s):**", ""]
         out += [line for line in section.splitlines() if line.startswith("|")]
         out += [
@@ -332,6 +339,7 @@ TABLES = {
     "zoo-first-bn1": lambda r: sweep_table(r, ["zoo_first_bn1"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),
+    "hard-cifar10": lambda r: sweep_table(r, ["hard_cifar10"], ["teacher", "before", "student", "val", "runs", "failed", "data_free"]),
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
     "benchmark": benchmark,

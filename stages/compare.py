@@ -709,10 +709,17 @@ def plot(summary: pd.DataFrame, folder: Path) -> None:
         plt.close(fig)
 
 
+# the hard sweeps, one main table each: the sweep, and the dataset and teacher its runs used
+HARD_SWEEPS = {
+    "hard": "Fashion-MNIST, the default pipeline's teacher",
+    "hard_cifar10": "CIFAR-10 (the run's prepare_data copy), the teacher25 preset (CIFAR10_TEACHER)",
+}
+
+
 def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str | None:
-    """reports/compare/hard.md: for each hard setting, no recovery / data-free / real-data KD (NOT data-free) and the
-    gap, then each lever's data-free result against the same real-data arm."""
-    part = summary[summary["sweep"].isin(["hard", "hard_levers"])].set_index(["sweep", "setting"])
+    """reports/compare/hard.md: for each hard sweep (HARD_SWEEPS) and setting, no recovery / data-free / real-data KD
+    (NOT data-free) and the gap, then each lever's data-free result against the same real-data arm."""
+    part = summary[summary["sweep"].isin([*HARD_SWEEPS, "hard_levers"])].set_index(["sweep", "setting"])
     if part.empty:
         return None
 
@@ -729,43 +736,52 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
         g = 100 * (part.loc[real, "accuracy_mean"] - part.loc[free, "accuracy_mean"])
         return f"{g:.2f}" + (" (within 1.0)" if g <= 1.0 else "")
 
-    mine = pd.DataFrame() if runs is None else runs[runs["sweep"].isin(["hard", "hard_levers"]) & runs["has_metrics"]]
+    mine = pd.DataFrame() if runs is None else runs[runs["sweep"].isin([*HARD_SWEEPS, "hard_levers"]) & runs["has_metrics"]]
     lines = [
         "# Where data-free recovery is hardest: data-free vs real-data KD",
         "",
-        "Teacher: the default pipeline's, as each setting's runs trained it. Real test split accuracy, mean +- std over seeds "
-        "(runs). Real-data KD distils on as many real training images as the synthetic set has: **NOT data-free**. "
-        "Gap = real-data KD - data-free, in points. Pruning: how the runs of a setting ranked weights (global L1 by "
-        "magnitude, or LAMP; structured settings remove whole channels).",
-        "",
-        "| setting | pruning | teacher | no recovery | data-free KD | real-data KD (NOT data-free) | gap |",
-        "|---|---|---|---|---|---|---|",
+        "Real test split accuracy, mean +- std over seeds (runs). Real-data KD distils on as many real training images as "
+        "the synthetic set has: **NOT data-free**. Gap = real-data KD - data-free, in points. Teacher: as each "
+        "setting's runs trained it. Pruning: how the runs of a setting ranked weights (global L1 by magnitude, or "
+        "LAMP; structured settings remove whole channels).",
     ]
 
-    def pruning(k: str) -> str:
+    def pruning(sweep: str, k: str) -> str:
         if "prune.sparsity=0" in HARD[k]:
             return "none"
         if "prune.method=structured" in HARD[k]:
             return "structured"
-        of = mine[mine["setting"].isin([k, f"{k}-real"])] if len(mine) else mine
+        of = mine[(mine["sweep"] == sweep) & mine["setting"].isin([k, f"{k}-real"])] if len(mine) else mine
         return " + ".join(sorted(set(pruning_ranking(of)))) if len(of) else "-"
 
-    for k in HARD:
-        free, real = ("hard", k), ("hard", f"{k}-real")
-        before = (
-            part.loc[free, "before_kd_accuracy"]
-            if free in part.index
-            else part.loc[real, "before_kd_accuracy"]
-            if real in part.index
-            else None
-        )
-        before = "-" if before is None else f"{100 * before:.2f}"
-        teachers = part.loc[[i for i in (free, real) if i in part.index], "teacher_accuracy"].dropna().unique()
-        teacher = " / ".join(f"{100 * t:.2f}" for t in teachers) or "-"  # two values: the arms ran on different teachers
-        lines.append(f"| {k} | {pruning(k)} | {teacher} | {before} | {cell(free)} | {cell(real)} | {gap(free, real)} |")
+    for sweep, what in HARD_SWEEPS.items():
+        if sweep != "hard" and sweep not in part.index.get_level_values(0):
+            continue  # a sweep on another dataset appears once it has runs
+        lines += [
+            "",
+            f"## `{sweep}`: {what}",
+            "",
+            "| setting | pruning | teacher | no recovery | data-free KD | real-data KD (NOT data-free) | gap |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k in HARD:
+            free, real = (sweep, k), (sweep, f"{k}-real")
+            before = (
+                part.loc[free, "before_kd_accuracy"]
+                if free in part.index
+                else part.loc[real, "before_kd_accuracy"]
+                if real in part.index
+                else None
+            )
+            before = "-" if before is None else f"{100 * before:.2f}"
+            teachers = part.loc[[i for i in (free, real) if i in part.index], "teacher_accuracy"].dropna().unique()
+            teacher = " / ".join(f"{100 * t:.2f}" for t in teachers) or "-"  # two values: the arms ran on different teachers
+            lines.append(f"| {k} | {pruning(sweep, k)} | {teacher} | {before} | {cell(free)} | {cell(real)} | {gap(free, real)} |")
     levers = [s for sw, s in part.index if sw == "hard_levers" and not s.endswith("-real")]
     if levers:
         lines += [
+            "",
+            "## `hard_levers`: levers on the Fashion-MNIST settings",
             "",
             "Levers (data-free arm). A lever that changes the budget (KD steps, images) has its own real-data arm with the "
             "same budget; the others keep the setting's KD steps and compare with the setting's real-data arm:",

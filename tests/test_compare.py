@@ -295,7 +295,17 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     exps[-1]["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["teacher"]["accuracy"] = 0.881  # another teacher
     doc = [{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}]
     runs = compare.runs_table(doc)
+    assert "hard_cifar10" not in compare.hard_table(compare.summarize(runs), runs)  # no CIFAR-10 runs: no section
+    # the same setting on CIFAR-10 (another teacher, 86.0): its own section, never averaged with Fashion-MNIST's 85.10
+    exps.append(exp("hard_cifar10--unstructured0.9--seed0", 0.700, pruned=0.128))
+    exps.append(exp("hard_cifar10--unstructured0.9-real--seed0", 0.745, pruned=0.128, data_free=False))
+    for e in exps[-2:]:
+        e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["teacher"]["accuracy"] = 0.860
+    runs = compare.runs_table(doc)
     table = compare.hard_table(compare.summarize(runs), runs)
+    cifar = table.split("## `hard_cifar10`")[1].split("## `hard_levers`")[0]
+    assert "| unstructured0.9 | magnitude | 86.00 | 12.80 | 70.00 (1) | 74.50 (1) | 4.50 |" in cifar
+    assert "| 2w4a | none | - | - | not run | not run | - |" in cifar
     # the other runs predate prune.ranking: magnitude, the only ranking then; a setting that mixes both says so
     assert "| unstructured0.9 | lamp + magnitude | 92.50 | 21.60 | 85.10 +- 0.14 (2) | 87.00 (1) | 1.90 |" in table
     # no recovery = the calibrated model; 2w4a prunes nothing
