@@ -167,28 +167,22 @@ def benchmark(reports: Path) -> str:
 
 
 def time_to_accuracy(reports: Path) -> str:
-    """The benchmark's own time-to-accuracy tables (benchmarks/synthesis.py renders them into synthesis.md), one per
-    machine it ran on (CPU capability, threads), each with where it ran."""
-    f, md = reports / "benchmarks" / "synthesis.json", reports / "benchmarks" / "synthesis.md"
+    """The benchmark's time-to-accuracy tables, one per machine it ran on (CPU capability, threads), each rendered by
+    the benchmark's own renderer from that machine's run in synthesis.json, with where it ran."""
+    import importlib.util
+
+    f = reports / "benchmarks" / "synthesis.json"
     b = json.loads(f.read_text()) if f.is_file() else {}
-    if "time_to_accuracy" not in b or not md.is_file():
+    if "time_to_accuracy" not in b:
         return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
-    sections = md.read_text().split("## Time to accuracy")[1:]
+    spec = importlib.util.spec_from_file_location("synthesis_benchmark", ROOT / "benchmarks" / "synthesis.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     out = []
-    for t in b["time_to_accuracy"].values():  # one run per machine (the benchmark converts older single-run files)
+    for t in bench.time_to_accuracy_runs(b).values():  # one run per machine (an older single-run file: its machine's)
         mach = t["machine"]
-        # its table is the section whose heading names the same machine (threads, CPU capability)
-        mine = [
-            s
-            for s in sections
-            if f" {mach['threads']} threads," in s.splitlines()[0]
-            and s.splitlines()[0].endswith(f"CPU capability {mach['cpu_capability']})")
-        ]
-        if len(mine) != 1:
-            raise SystemExit(f"{md}: {len(mine)} time-to-accuracy tables for the run on {mach} in {f}: rerun the benchmark")
-        section = mine[0]
         out += [f"**{mach['cpu']}, CPU capability {mach['cpu_capability']}, {mach['threads']} thread(s):**", ""]
-        out += [line for line in section.splitlines() if line.startswith("|")]
+        out += [line for line in bench.time_to_accuracy_lines(t) if line.startswith("|")]
         out += [
             "",
             f"From `reports/benchmarks/synthesis.json` (`time_to_accuracy`): teacher {t['teacher']}, every set distilled into "
