@@ -333,7 +333,9 @@ TABLES = {
     "zoo-first-bn1": lambda r: sweep_table(r, ["zoo_first_bn1"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "zoo-lamp": lambda r: sweep_table(r, ["zoo_magnitude"], ["teacher", "before", "student", "val", "agree", "runs", "failed"]),
     "hard": lambda r: sweep_table(r, ["hard", "hard_levers"], ["before", "student", "val", "runs", "failed", "data_free"]),
-    "hard-cifar10": lambda r: sweep_table(r, ["hard_cifar10"], ["teacher", "before", "student", "val", "runs", "failed", "data_free"]),
+    "hard-cifar10": lambda r: sweep_table(
+        r, ["hard_cifar10", "hard_cifar10_levers"], ["teacher", "before", "student", "val", "runs", "failed", "data_free"]
+    ),
     "generator": lambda r: sweep_table(r, ["generator"], ["compute", "synth_s", "student", "val", "agree", "runs", "failed"]),
     "jkl": jkl,
     "benchmark": benchmark,

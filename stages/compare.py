@@ -25,7 +25,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 Runtime int8: the shipped model, beside the default run's export
   hard_levers   levers on the hard settings: generator 2048 images, 1024 from noise x 40 iterations, IQ + MixUp,
                 first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 (4x / 8x images and KD
-                steps), each with its own `-real` arm (NOT data-free) at the same budget
+                steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
+                budget levers on CIFAR-10 (--dataset)
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
@@ -268,6 +269,12 @@ SWEEPS["hard_levers"] = {
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
 }
+# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data), both arms: the settings whose gap is widest there
+SWEEPS["hard_cifar10_levers"] = {
+    k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
+    for k, v in SWEEPS["hard_levers"].items()
+    if k.split("+")[1].removesuffix("-real") in HARD_BUDGET_LEVERS
+}
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
     "from-noise-default": [],
@@ -333,7 +340,13 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.export.int8_synthetic.file_bytes": "onnx_int8_synthetic_bytes",
     "metrics.export.int8_real.accuracy": "onnx_int8_real_NOT_data_free_accuracy",
 }
-NEEDS_DATASET = ("paper", "paper_cpu", "cifar10", "hard_cifar10")  # sweeps on a dataset the user names with --dataset
+NEEDS_DATASET = (
+    "paper",
+    "paper_cpu",
+    "cifar10",
+    "hard_cifar10",
+    "hard_cifar10_levers",
+)  # sweeps on a dataset the user names with --dataset
 
 
 def zoo_settings(extra: list[str] = ()) -> dict[str, list[str]]:
@@ -714,12 +727,14 @@ HARD_SWEEPS = {
     "hard": "Fashion-MNIST, the default pipeline's teacher",
     "hard_cifar10": "CIFAR-10 (the run's prepare_data copy), the teacher25 preset (CIFAR10_TEACHER)",
 }
+# each lever sweep, the hard sweep whose settings (and real-data arms) it varies, and its dataset
+LEVER_SWEEPS = {"hard_levers": ("hard", "Fashion-MNIST"), "hard_cifar10_levers": ("hard_cifar10", "CIFAR-10")}
 
 
 def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str | None:
     """reports/compare/hard.md: for each hard sweep (HARD_SWEEPS) and setting, no recovery / data-free / real-data KD
     (NOT data-free) and the gap, then each lever's data-free result against the same real-data arm."""
-    part = summary[summary["sweep"].isin([*HARD_SWEEPS, "hard_levers"])].set_index(["sweep", "setting"])
+    part = summary[summary["sweep"].isin([*HARD_SWEEPS, *LEVER_SWEEPS])].set_index(["sweep", "setting"])
     if part.empty:
         return None
 
@@ -736,7 +751,7 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
         g = 100 * (part.loc[real, "accuracy_mean"] - part.loc[free, "accuracy_mean"])
         return f"{g:.2f}" + (" (within 1.0)" if g <= 1.0 else "")
 
-    mine = pd.DataFrame() if runs is None else runs[runs["sweep"].isin([*HARD_SWEEPS, "hard_levers"]) & runs["has_metrics"]]
+    mine = pd.DataFrame() if runs is None else runs[runs["sweep"].isin([*HARD_SWEEPS, *LEVER_SWEEPS]) & runs["has_metrics"]]
     lines = [
         "# Where data-free recovery is hardest: data-free vs real-data KD",
         "",
@@ -777,11 +792,13 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             teachers = part.loc[[i for i in (free, real) if i in part.index], "teacher_accuracy"].dropna().unique()
             teacher = " / ".join(f"{100 * t:.2f}" for t in teachers) or "-"  # two values: the arms ran on different teachers
             lines.append(f"| {k} | {pruning(sweep, k)} | {teacher} | {before} | {cell(free)} | {cell(real)} | {gap(free, real)} |")
-    levers = [s for sw, s in part.index if sw == "hard_levers" and not s.endswith("-real")]
-    if levers:
+    for lever_sweep, (sweep, dataset) in LEVER_SWEEPS.items():
+        levers = [s for sw, s in part.index if sw == lever_sweep and not s.endswith("-real")]
+        if not levers:
+            continue
         lines += [
             "",
-            "## `hard_levers`: levers on the Fashion-MNIST settings",
+            f"## `{lever_sweep}`: levers on the {dataset} settings",
             "",
             "Levers (data-free arm). A lever that changes the budget (KD steps, images) has its own real-data arm with the "
             "same budget; the others keep the setting's KD steps and compare with the setting's real-data arm:",
@@ -790,9 +807,9 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             "|---|---|---|---|",
         ]
         for s in levers:
-            own = ("hard_levers", f"{s}-real")
-            real = own if own in part.index or s.split("+")[1] in HARD_BUDGET_LEVERS else ("hard", s.split("+")[0] + "-real")
-            lines.append(f"| {s} | {cell(('hard_levers', s))} | {cell(real)} | {gap(('hard_levers', s), real)} |")
+            own = (lever_sweep, f"{s}-real")
+            real = own if own in part.index or s.split("+")[1] in HARD_BUDGET_LEVERS else (sweep, s.split("+")[0] + "-real")
+            lines.append(f"| {s} | {cell((lever_sweep, s))} | {cell(real)} | {gap((lever_sweep, s), real)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -318,6 +318,17 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     assert "| 2w4a+kd4x | 88.40 (1) | 90.10 (1) | 1.70 |" in table
     assert "| 2w4a+n1024 | 88.90 (1) | not run | - |" in table
     assert "2w4a+kd4x-real |" not in table  # the real arm is a column of its lever's row, not a lever
+    assert "hard_cifar10_levers" not in table  # no CIFAR-10 lever runs: no section
+    # a CIFAR-10 budget lever: its own section, against its own CIFAR-10 real-data arm (76.0 - 72.0 = 4.00), never
+    # against Fashion-MNIST's rows of the same name
+    exps.append(exp("hard_cifar10_levers--2w4a+n1024--seed0", 0.720, pruned=0.925, sparsity=0.0, calibrated=0.14))
+    exps.append(exp("hard_cifar10_levers--2w4a+n1024-real--seed0", 0.760, pruned=0.925, data_free=False, sparsity=0.0))
+    runs = compare.runs_table(doc)
+    table = compare.hard_table(compare.summarize(runs), runs)
+    fashion, cifar_levers = table.split("## `hard_levers`")[1].split("## `hard_cifar10_levers`")
+    assert "| 2w4a+n1024 | 72.00 (1) | 76.00 (1) | 4.00 |" in cifar_levers
+    assert "| 2w4a+n1024 | 88.90 (1) | not run | - |" in fashion
+    assert "unstructured0.9+generator-2048" not in cifar_levers
     assert "NOT data-free" in table
 
 
