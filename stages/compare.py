@@ -269,7 +269,7 @@ SWEEPS["hard_levers"] = {
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
 }
-# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data), both arms: the settings whose gap is widest there
+# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data) for the same three settings, both arms
 SWEEPS["hard_cifar10_levers"] = {
     k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
     for k, v in SWEEPS["hard_levers"].items()
@@ -340,13 +340,8 @@ COST = {  # metrics column -> summary column (absent in runs made before evaluat
     "metrics.export.int8_synthetic.file_bytes": "onnx_int8_synthetic_bytes",
     "metrics.export.int8_real.accuracy": "onnx_int8_real_NOT_data_free_accuracy",
 }
-NEEDS_DATASET = (
-    "paper",
-    "paper_cpu",
-    "cifar10",
-    "hard_cifar10",
-    "hard_cifar10_levers",
-)  # sweeps on a dataset the user names with --dataset
+# sweeps on a dataset the user names with --dataset
+NEEDS_DATASET = ("paper", "paper_cpu", "cifar10", "hard_cifar10", "hard_cifar10_levers")
 
 
 def zoo_settings(extra: list[str] = ()) -> dict[str, list[str]]:
