@@ -169,20 +169,17 @@ def benchmark(reports: Path) -> str:
 def time_to_accuracy(reports: Path) -> str:
     """The benchmark's time-to-accuracy tables, one per machine it ran on (CPU capability, threads), each rendered by
     the benchmark's own renderer from that machine's run in synthesis.json, with where it ran."""
-    import importlib.util
+    from benchmarks.synthesis import time_to_accuracy_lines, time_to_accuracy_runs  # imports torch: only when needed
 
     f = reports / "benchmarks" / "synthesis.json"
     b = json.loads(f.read_text()) if f.is_file() else {}
     if "time_to_accuracy" not in b:
         return "(no time-to-accuracy run yet: python benchmarks/synthesis.py --parts time_to_accuracy)"
-    spec = importlib.util.spec_from_file_location("synthesis_benchmark", ROOT / "benchmarks" / "synthesis.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = []
-    for t in bench.time_to_accuracy_runs(b).values():  # one run per machine (an older single-run file: its machine's)
+    for t in time_to_accuracy_runs(b).values():  # one run per machine (an older single-run file: its machine's)
         mach = t["machine"]
         out += [f"**{mach['cpu']}, CPU capability {mach['cpu_capability']}, {mach['threads']} thread(s):**", ""]
-        out += [line for line in bench.time_to_accuracy_lines(t) if line.startswith("|")]
+        out += [line for line in time_to_accuracy_lines(t) if line.startswith("|")]
         out += [
             "",
             f"From `reports/benchmarks/synthesis.json` (`time_to_accuracy`): teacher {t['teacher']}, every set distilled into "

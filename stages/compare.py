@@ -259,22 +259,19 @@ HARD_BUDGET_LEVERS = {
     "n1024": ["synthesize.n_images=1024"],  # 4x the images, each 160 iterations (4x synthesis), 4x KD steps (160 epochs)
     "n2048": ["synthesize.n_images=2048"],  # 8x the images (8x synthesis) and 8x the KD steps (2,560)
 }
-SWEEPS["hard_levers"] = {
-    f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
-    for k in ("unstructured0.9", "2w4a")
-    for lever, v in HARD_LEVERS.items()
-} | {
+HARD_BUDGET_SETTINGS = {
     f"{k}+{lever}{arm}": [*HARD[k], *v, f"distill.transfer_set={t}"]
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
 }
-# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data) for the same three settings, both arms
-SWEEPS["hard_cifar10_levers"] = {
-    k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
-    for k, v in SWEEPS["hard_levers"].items()
-    if k.split("+")[1].removesuffix("-real") in HARD_BUDGET_LEVERS
-}
+SWEEPS["hard_levers"] = {
+    f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
+    for k in ("unstructured0.9", "2w4a")
+    for lever, v in HARD_LEVERS.items()
+} | HARD_BUDGET_SETTINGS
+# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard sweep on CIFAR-10
+SWEEPS["hard_cifar10_levers"] = {k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v] for k, v in HARD_BUDGET_SETTINGS.items()}
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
     "from-noise-default": [],
