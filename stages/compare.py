@@ -26,7 +26,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   hard_levers   levers on the hard settings: generator 2048 images, 1024 from noise x 40 iterations, IQ + MixUp,
                 first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 (4x / 8x images and KD
                 steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
-                budget levers on CIFAR-10 (--dataset)
+                budget levers on CIFAR-10 (--dataset); adaptive<N>-w<W>: student-aware rounds during KD up to
+                n<N>'s images and steps, compared with n<N> and n<N>-real
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
@@ -265,13 +266,36 @@ HARD_BUDGET_SETTINGS = {
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
 }
-SWEEPS["hard_levers"] = {
+# student-aware synthesis (distill.adaptive_*; Adaptive DeepInversion): the default 256 images, then rounds of 256 made
+# against the current student during KD, up to the image count and KD steps of a budget lever, whose data-free arm
+# (the same number of fixed images) and real-data arm it is compared with; w = weight of the competition term
+HARD_ADAPTIVE_LEVERS = {
+    f"adaptive{n}-w{w:g}": (
+        [f"distill.adaptive_rounds={n // 256 - 1}", "distill.adaptive_images=256", f"distill.adaptive_weight={w:g}"],
+        f"n{n}",
+    )
+    for n in (1024, 2048)
+    for w in (10.0, 30.0)
+}
+HARD_ADAPTIVE_SETTINGS = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
-    for k in ("unstructured0.9", "2w4a")
-    for lever, v in HARD_LEVERS.items()
-} | HARD_BUDGET_SETTINGS
-# the budget levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard sweep on CIFAR-10
-SWEEPS["hard_cifar10_levers"] = {k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v] for k, v in HARD_BUDGET_SETTINGS.items()}
+    for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
+    for lever, (v, _) in HARD_ADAPTIVE_LEVERS.items()
+}
+SWEEPS["hard_levers"] = (
+    {
+        f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
+        for k in ("unstructured0.9", "2w4a")
+        for lever, v in HARD_LEVERS.items()
+    }
+    | HARD_BUDGET_SETTINGS
+    | HARD_ADAPTIVE_SETTINGS
+)
+# the budget and student-aware levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard
+# sweep on CIFAR-10
+SWEEPS["hard_cifar10_levers"] = {
+    k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v] for k, v in (HARD_BUDGET_SETTINGS | HARD_ADAPTIVE_SETTINGS).items()
+}
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
     "from-noise-default": [],
@@ -793,14 +817,21 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             f"## `{lever_sweep}`: levers on the {dataset} settings",
             "",
             "Levers (data-free arm). A lever that changes the budget (KD steps, images) has its own real-data arm with the "
-            "same budget; the others keep the setting's KD steps and compare with the setting's real-data arm:",
+            "same budget; a student-aware lever (`adaptive<N>`: rounds of images made against the student during KD, up to "
+            "N images and n<N>'s KD steps) is compared with `n<N>-real`; the others keep the setting's KD steps and compare "
+            "with the setting's real-data arm:",
             "",
             "| setting + lever | data-free KD | real-data KD (NOT data-free) | gap |",
             "|---|---|---|---|",
         ]
         for s in levers:
-            own = (lever_sweep, f"{s}-real")
-            real = own if own in part.index or s.split("+")[1] in HARD_BUDGET_LEVERS else (sweep, s.split("+")[0] + "-real")
+            k, lever = s.split("+", 1)
+            if lever in HARD_ADAPTIVE_LEVERS:  # compared with the budget lever it matches (images, KD steps)
+                real = (lever_sweep, f"{k}+{HARD_ADAPTIVE_LEVERS[lever][1]}-real")
+            elif (lever_sweep, f"{s}-real") in part.index or lever in HARD_BUDGET_LEVERS:
+                real = (lever_sweep, f"{s}-real")
+            else:
+                real = (sweep, f"{k}-real")
             lines.append(f"| {s} | {cell((lever_sweep, s))} | {cell(real)} | {gap((lever_sweep, s), real)} |")
     return "\n".join(lines) + "\n"
 

@@ -90,6 +90,9 @@ def test_unstructured_prune_then_distill_keeps_zeros(arch, shape):
         iq_beta=0.0,
         iq_layers="",
         mixup_alpha=0.0,
+        adaptive_rounds=0,
+        adaptive_images=1,
+        adaptive_weight=0.0,
     )
     x = torch.randn(4, *shape)  # two steps at batch 2
     before = {n: m.weight.detach().clone() for n, m in prunable_layers(student)}

@@ -330,6 +330,17 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     assert "| 2w4a+n1024 | 88.90 (1) | not run | - |" in fashion
     assert "unstructured0.9+generator-2048" not in cifar_levers
     assert "NOT data-free" in table
+    # a student-aware lever grows the set to n1024's images and KD steps: it is compared with n1024-real (76.0 - 74.5)
+    exps.append(exp("hard_cifar10_levers--2w4a+adaptive1024-w10--seed0", 0.745, pruned=0.925, sparsity=0.0, calibrated=0.14))
+    runs = compare.runs_table(doc)
+    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    assert "| 2w4a+adaptive1024-w10 | 74.50 (1) | 76.00 (1) | 1.50 |" in cifar_levers
+    assert compare.SWEEPS["hard_levers"]["2w4a+adaptive1024-w10"][-4:] == [
+        "distill.adaptive_rounds=3",
+        "distill.adaptive_images=256",
+        "distill.adaptive_weight=10",
+        "distill.transfer_set=synthetic",
+    ]  # 256 + 3 x 256 = 1024 images, as n1024
 
 
 def test_runs_csv_with_a_doubled_column_reads_back_as_one(tmp_path):

@@ -26,6 +26,9 @@ def cfg(**kw):
         iq_beta=0.0,
         iq_layers="bn1,bn2",
         mixup_alpha=0.0,
+        adaptive_rounds=0,
+        adaptive_images=1,
+        adaptive_weight=0.0,
     )
     return SimpleNamespace(**(base | kw))
 

@@ -226,6 +226,27 @@ def test_real_transfer_set_student_is_flagged_not_data_free(ws):
     assert r.returncode == 1 and "NOT DATA-FREE" in r.stdout and "real_transfer_set (dep data/raw)" in r.stdout
 
 
+def test_student_aware_synthesis_is_data_free_saved_and_counted(ws):
+    """distill.adaptive_rounds = 2: during KD, two rounds of images made against the current student join the set;
+    distill reads only the teacher, its BN statistics and the synthetic set's card (dvc.lock), and lineage stays data-free."""
+    out = dvc(
+        ws, "exp", "run", "-S", "distill.transfer_set=synthetic", "-S", "distill.adaptive_rounds=2", "-S", "distill.adaptive_images=10"
+    )
+    assert ran(out) == AFTER_DISTILL and "student-aware round 2/2: 10 images" in out
+    d = json.loads((ws / "reports/distill/metrics.json").read_text())
+    assert d["adaptive_images"] == 20 and d["adaptive_synthesis_s"] > 0 and 0 <= d["adaptive_teacher_agreement"] <= 1
+    saved = load_file(ws / "models/student/adaptive_images.safetensors")
+    assert saved["images"].shape == (20, 1, 28, 28) and saved["images"].dtype == torch.float16
+    assert saved["round"].tolist() == [0] * 10 + [1] * 10
+    deps = [d["path"] for d in yaml.safe_load((ws / "dvc.lock").read_text())["stages"]["distill"]["deps"]]
+    assert "models/bn_stats" in deps and "data/synthetic" in deps and not any(p.startswith(("data/real", "data/raw")) for p in deps)
+    m = json.loads((ws / "reports/metrics.json").read_text())
+    assert m["data_free"] is True and m["student"]["accuracy"] > 0.1
+    assert "DATA-FREE" in sh(ws, sys.executable, "-m", "stages.lineage", "models/student")
+    set_params(ws, distill={"adaptive_rounds": 0})
+    dvc(ws, "repro")  # back to the fixed synthetic set (DVC's run cache)
+
+
 def test_two_processes_under_torchrun_make_the_same_set_and_a_student(ws):
     """synthesize.nproc / distill.nproc = 2: torchrun (gloo) shards the synthesis and runs distill under DDP;
     the merged set is the single-process set, bit for bit (both at 1 thread per process)."""

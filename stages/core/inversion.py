@@ -35,6 +35,7 @@ set one process makes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,6 +70,21 @@ DIAGNOSTICS = ("bn_l2", "bn_norm", "bns_kl")
 
 def curve_columns(method: str) -> list[str]:
     return ["total", *DIAGNOSTICS, *(t for t in METHOD_TERMS[method] if t not in DIAGNOSTICS)]
+
+
+def competition_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Adaptive DeepInversion's competition term (Yin et al. 2020): 1 - JS(p_teacher || p_student) / ln 2, batch mean.
+
+    p = softmax(logits / ``temperature``); JS is the Jensen-Shannon divergence in nats (at most ln 2), so the term runs
+    from 1 (the student agrees with the teacher) to 0 (disjoint predictions): minimizing it makes images on which
+    the student disagrees with the teacher.
+    """
+    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_m = torch.logsumexp(torch.stack([log_t, log_s]), dim=0) - math.log(2.0)
+    kl_t = (log_t.exp() * (log_t - log_m)).sum(1)
+    kl_s = (log_s.exp() * (log_s - log_m)).sum(1)
+    return 1.0 - (0.5 * (kl_t + kl_s)).mean() / math.log(2.0)
 
 
 def tv_l2(x: torch.Tensor) -> torch.Tensor:
@@ -175,12 +191,17 @@ def invert_batch(
     init: torch.Tensor | None = None,
     iterations: int | None = None,
     batch: int = 0,
+    student: nn.Module | None = None,
+    competition: float = 0.0,
+    temperature: float = 1.0,
 ) -> BatchResult:
     """Make one batch with ``cfg.method``. ``teacher`` must be in eval mode; ``target_stats`` includes the input layer.
 
     ``init`` (optional, same shape as the batch) replaces the starting noise (warm start);
     ``iterations`` overrides ``cfg.iterations`` (the cosine schedule spans it). A non-finite loss term or image
     stops the synthesis with one StageError naming the batch (``batch``, for the message) and the step.
+    ``student`` (in eval mode, weights frozen; run in float32): adds ``competition`` x ``competition_loss`` at
+    ``temperature`` to the objective (Adaptive DeepInversion: images the student does not yet match the teacher on).
     """
     lo, hi = (b.to(device) for b in bounds)
     iterations = cfg.iterations if iterations is None else iterations
@@ -205,6 +226,9 @@ def invert_batch(
         with BatchStatsHook(teacher) as hook, autocast(cfg, device):
             logits = teacher(xa)
         terms = method_losses(cfg.method, cfg, x, xa, logits.float(), hook.stats, targets_a, target_stats)
+        if student is not None:
+            terms["compete"] = competition_loss(logits, student(xa), temperature)
+            terms["total"] = terms["total"] + competition * terms["compete"]
         check_finite(terms, f"synthesize: batch {batch}, step {step}", f"lower synthesize.lr (now {cfg.lr}) or the loss weights")
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
@@ -339,3 +363,62 @@ def synthesize_set(
         results.append(res)
     mine_targets = torch.cat([targets[starts[b] : starts[b] + cfg.batch_size] for b in mine]) if mine else targets[:0]
     return (torch.cat(images) if images else torch.empty((0, *input_shape))), mine_targets, results
+
+
+def student_aware_images(
+    teacher: nn.Module,
+    student: nn.Module,
+    running: dict,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    bounds,
+    cfg,
+    n_images: int,
+    first_target: int,
+    competition: float,
+    temperature: float,
+    seed: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, list[BatchResult]]:
+    """``n_images`` new images against the current ``student`` (one round of Adaptive DeepInversion during KD).
+
+    ``cfg`` is the synthesize section the transfer set was made with: its objective, iterations, batch size and
+    augmentation, from noise (its warm start and the generator are not used: ``generator`` sets are extended with the
+    DeepInversion objective the generator optimizes), plus ``competition`` x ``competition_loss`` at ``temperature``.
+    Targets continue the class-balanced cycle at ``first_target`` (the pool's size), so pool and new images stay
+    balanced. Batch ``b`` draws from ``batch_generator(seed, b)``: the same seed, student and teacher give the same
+    images. The student is put in eval mode and its weights are frozen for the round, then restored.
+    """
+    if cfg.method == "gaussian":
+        raise StageError("distill.adaptive_rounds > 0 needs an optimized synthetic set; data/synthetic was made with method gaussian")
+    if cfg.method == "generator":
+        cfg = cfg.model_copy(update={"method": "deepinversion"})
+    teacher.eval().requires_grad_(False)
+    was_training, grads = student.training, [p.requires_grad for p in student.parameters()]
+    student.eval().requires_grad_(False)
+    target_stats = with_input_target(running, input_shape[0])
+    targets = (first_target + torch.arange(n_images)) % num_classes
+    images, results = [], []
+    try:
+        for b, start in enumerate(tqdm(range(0, n_images, cfg.batch_size), desc="student-aware synthesis", unit="batch")):
+            res = invert_batch(
+                teacher,
+                targets[start : start + cfg.batch_size],
+                target_stats,
+                cfg,
+                bounds,
+                input_shape,
+                batch_generator(seed, b),
+                device,
+                batch=b,
+                student=student,
+                competition=competition,
+                temperature=temperature,
+            )
+            images.append(res.images)
+            results.append(res)
+    finally:
+        student.train(was_training)
+        for p, g in zip(student.parameters(), grads):
+            p.requires_grad_(g)
+    return torch.cat(images), results

@@ -129,10 +129,43 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int, device: t
     model.eval()
 
 
-def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device: torch.device, seed: int, ctx=None) -> list[dict]:
+def round_epochs(epochs: int, rounds: int) -> list[int]:
+    """The epochs before which the student-aware rounds run: ``rounds`` evenly inside ``epochs``
+    (160 epochs, 3 rounds: before epochs 41, 81 and 121); KD runs ``epochs`` / (rounds + 1) epochs on each pool."""
+    return [1 + (r * epochs) // (rounds + 1) for r in range(1, rounds + 1)]
+
+
+class PoolBatches:
+    """Minibatch indices drawn from a pool that may grow: passes over shuffled permutations of the current pool (the
+    last batch of a pass may be short); ``grow`` drops the rest of the pass and the next batch starts a pass over the
+    larger pool. Without growth this is ``minibatches(n, batch_size, generator)`` repeated, draw for draw."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self._pass = iter(())
+
+    def grow(self, n: int) -> None:
+        self.n, self._pass = n, iter(())
+
+    def next(self) -> torch.Tensor:
+        idx = next(self._pass, None)
+        if idx is None:
+            self._pass = minibatches(self.n, self.batch_size, self.generator)
+            idx = next(self._pass)
+        return idx
+
+
+def distill(
+    student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device: torch.device, seed: int, ctx=None, grow=None
+) -> list[dict]:
     """Train ``student`` to match ``teacher`` on transfer images ``x`` (normalized, CPU). Returns per-epoch rows.
 
     ``ctx`` (a ``distributed.Context``) with world > 1: data-parallel over its processes.
+
+    ``grow(round, student)`` (with ``cfg.adaptive_rounds`` > 0) returns ``cfg.adaptive_images`` new images made against
+    the current student; they join the pool before the epochs of ``round_epochs``. Every epoch has as many steps as
+    one pass over the final pool (len(x) + rounds x adaptive_images), so the KD budget (steps, schedule) is that of a
+    fixed set of the final size; batches are passes over the pool as it is (``PoolBatches``).
     """
     rank, world = (ctx.rank, ctx.world) if ctx is not None else (0, 1)
     gen = torch.Generator().manual_seed(seed)
@@ -141,7 +174,12 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
         recalibrate_bn(student, x, cfg.batch_size, device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+    rounds = round_epochs(cfg.epochs, cfg.adaptive_rounds) if cfg.adaptive_rounds > 0 else []
+    if rounds and grow is None:
+        raise ValueError("distill: adaptive_rounds > 0 needs grow (the student-aware synthesis)")
+    steps_per_epoch = math.ceil((len(x) + len(rounds) * cfg.adaptive_images) / cfg.batch_size)
+    steps = cfg.epochs * steps_per_epoch
+    pool = PoolBatches(len(x), cfg.batch_size, gen)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps) if cfg.schedule == "cosine" else (lambda _: 1.0))
     iq_layers = [n.strip() for n in cfg.iq_layers.split(",") if n.strip()] if cfg.iq_beta > 0 else []
     model = student
@@ -154,10 +192,15 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
     history, step = [], 0
     with FeatureTap(teacher, iq_layers) as t_tap, FeatureTap(student, iq_layers) as s_tap:
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="distill", unit="epoch"):
+            while rounds and rounds[0] == epoch:
+                x = torch.cat([x, grow(cfg.adaptive_rounds - len(rounds), student)])
+                rounds.pop(0)
+                pool.grow(len(x))
             student.train()
             set_bn_train(student, not cfg.freeze_bn)
             sums, agree, seen = {"kd_loss": 0.0, "iq_loss": 0.0}, 0, 0
-            for batch, idx in enumerate(minibatches(len(x), cfg.batch_size, gen)):
+            for batch in range(steps_per_epoch):
+                idx = pool.next()
                 step += 1
                 xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
                 if cfg.mixup_alpha > 0:
@@ -188,7 +231,13 @@ def distill(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg, device
             if world > 1:
                 sums["kd_loss"], sums["iq_loss"], agree, seen = ctx.all_sum([sums["kd_loss"], sums["iq_loss"], agree, seen])
             history.append(
-                {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "teacher_agreement": agree / seen, "lr": sched.get_last_lr()[0]}
+                {
+                    "epoch": epoch,
+                    **{k: v / seen for k, v in sums.items()},
+                    "teacher_agreement": agree / seen,
+                    "lr": sched.get_last_lr()[0],
+                    **({"pool": len(x)} if cfg.adaptive_rounds > 0 else {}),
+                }
             )
     student.eval()
     return history
