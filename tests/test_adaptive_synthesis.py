@@ -2,7 +2,6 @@
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,26 +25,8 @@ def synth_cfg(**kw):
 
 
 def kd_cfg(**kw):
-    base = dict(
-        epochs=6,
-        batch_size=8,
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=0.0,
-        schedule="cosine",
-        temperature=3.0,
-        freeze_bn=False,
-        recalibrate_bn=False,
-        max_shift=0,
-        flip=False,
-        iq_beta=0.0,
-        iq_layers="",
-        mixup_alpha=0.0,
-        adaptive_rounds=0,
-        adaptive_images=6,
-        adaptive_weight=1.0,
-    )
-    return SimpleNamespace(**(base | kw))
+    base = dict(epochs=6, batch_size=8, lr=0.05, schedule="cosine", max_shift=0, flip=False, adaptive_images=6, adaptive_weight=1.0)
+    return section_with("distill", **(base | kw))
 
 
 def js_reference(t_logits, s_logits, temperature):
