@@ -87,6 +87,7 @@ def main() -> None:
     timings = {}
     with timed(timings, "wall_s"):
         history = distill(student, teacher, x, cfg, device, kd_seed, ctx, grow)
+    n_made = sum(len(m["images"]) for m in made)
     ctx.close()
     if not ctx.main:  # rank 0 holds the same weights and writes the outputs
         return
@@ -106,7 +107,7 @@ def main() -> None:
         "quantized_sha256": sha256_file(QUANTIZED / "model.safetensors"),
         **({"masks_sha256": pcard["masks_sha256"]} if "masks_sha256" in pcard else {}),
         "sparsity": round(sparsity, 6),
-        **({"adaptive_images": sum(len(m["images"]) for m in made)} if made else {}),
+        **({"adaptive_images": n_made} if made else {}),
         "params": {"common": as_dict(common), "distill": as_dict(cfg)},
         "versions": library_versions(),
     }
@@ -131,10 +132,9 @@ def main() -> None:
                 "wall_s": round(wall, 2),
                 **(
                     {
-                        "adaptive_images": sum(len(m["images"]) for m in made),
+                        "adaptive_images": n_made,
                         "adaptive_synthesis_s": round(sum(m["wall_s"] for m in made), 2),
-                        "adaptive_teacher_agreement": sum(m["agreement"] * len(m["images"]) for m in made)
-                        / sum(len(m["images"]) for m in made),
+                        "adaptive_teacher_agreement": sum(m["agreement"] * len(m["images"]) for m in made) / n_made,
                     }
                     if made
                     else {}
@@ -168,7 +168,7 @@ def student_aware_round(teacher, pcard: dict, scard: dict, cfg, seed: int, ctx, 
         if ctx.main:
             t = {}
             with timed(t, "wall_s"):
-                images, _ = student_aware_images(
+                images, targets, _ = student_aware_images(
                     teacher,
                     student,
                     stats,
@@ -184,7 +184,6 @@ def student_aware_round(teacher, pcard: dict, scard: dict, cfg, seed: int, ctx, 
                     ctx.device,
                 )
             images = images.half().float()  # stored in float16 like data/synthetic: KD sees exactly the saved images
-            targets = (first + torch.arange(len(images))) % pcard["num_classes"]
             agreement = match_rate(predict(teacher, images, 256, ctx.device).argmax(1), targets)
             made.append({"images": images, "round": torch.full((len(images),), r), "wall_s": t["wall_s"], "agreement": agreement})
             print(f"student-aware round {r + 1}/{cfg.adaptive_rounds}: {len(images)} images in {t['wall_s']:.0f} s", flush=True)

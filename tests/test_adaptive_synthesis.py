@@ -81,8 +81,8 @@ def test_competition_makes_images_the_student_disagrees_on(trained_toy_net):
         teacher.fc.weight.mul_(10)
         student = copy.deepcopy(teacher)
         student.fc.weight.add_(10 * torch.randn(student.fc.weight.shape, generator=torch.Generator().manual_seed(0)))
-    plain, plain_res = make_images(teacher, student, 0.0, temperature=1.0)
-    hard, hard_res = make_images(teacher, student, 1000.0, temperature=1.0)
+    plain, _, plain_res = make_images(teacher, student, 0.0, temperature=1.0)
+    hard, _, hard_res = make_images(teacher, student, 1000.0, temperature=1.0)
     assert "compete" in hard_res[0].curve[-1] and hard_res[0].curve[-1]["compete"] < plain_res[0].curve[-1]["compete"] - 0.03
     with torch.no_grad():
         js = [float(js_reference(teacher(x), student(x), 1.0).mean()) for x in (plain, hard)]
@@ -93,9 +93,9 @@ def test_student_aware_images_are_deterministic_and_leave_the_student_as_it_was(
     student = copy.deepcopy(trained_toy_net).train()
     frozen = next(student.parameters())
     frozen.requires_grad_(False)
-    a, _ = make_images(trained_toy_net, student, 1.0, seed=5)
-    b, _ = make_images(trained_toy_net, student, 1.0, seed=5)
-    c, _ = make_images(trained_toy_net, student, 1.0, seed=6)
+    a, _, _ = make_images(trained_toy_net, student, 1.0, seed=5)
+    b, _, _ = make_images(trained_toy_net, student, 1.0, seed=5)
+    c, _, _ = make_images(trained_toy_net, student, 1.0, seed=6)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert student.training and not frozen.requires_grad and all(p.requires_grad for p in list(student.parameters())[1:])
 

@@ -379,8 +379,8 @@ def student_aware_images(
     temperature: float,
     seed: int,
     device: torch.device,
-) -> tuple[torch.Tensor, list[BatchResult]]:
-    """``n_images`` new images against the current ``student`` (one round of Adaptive DeepInversion during KD).
+) -> tuple[torch.Tensor, torch.Tensor, list[BatchResult]]:
+    """``n_images`` new images (and their targets) against the current ``student`` (one round of Adaptive DeepInversion during KD).
 
     ``cfg`` is the synthesize section the transfer set was made with: its objective, iterations, batch size and
     augmentation, from noise (its warm start and the generator are not used: ``generator`` sets are extended with the
@@ -397,7 +397,7 @@ def student_aware_images(
     was_training, grads = student.training, [p.requires_grad for p in student.parameters()]
     student.eval().requires_grad_(False)
     target_stats = with_input_target(running, input_shape[0])
-    targets = (first_target + torch.arange(n_images)) % num_classes
+    targets = balanced_targets(first_target + n_images, num_classes)[first_target:]
     images, results = [], []
     try:
         for b, start in enumerate(tqdm(range(0, n_images, cfg.batch_size), desc="student-aware synthesis", unit="batch")):
@@ -421,4 +421,4 @@ def student_aware_images(
         student.train(was_training)
         for p, g in zip(student.parameters(), grads):
             p.requires_grad_(g)
-    return torch.cat(images), results
+    return torch.cat(images), targets, results
