@@ -24,7 +24,7 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
   export        channel pruning (50% fewer MACs; kept channels in multiples of 8, or of 16 layerwise / global) + ONNX
                 Runtime int8: the shipped model, beside the default run's export
   hard_levers   levers on the hard settings: generator 2048 images, 1024 from noise x 40 iterations, IQ + MixUp,
-                first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 (4x / 8x images and KD
+                first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 / n4096 (4x / 8x / 16x images and KD
                 steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
                 budget levers on CIFAR-10 (--dataset); adaptive<N>-w<W>: student-aware rounds during KD up to
                 n<N>'s images and steps, compared with n<N> and n<N>-real
@@ -259,12 +259,24 @@ HARD_BUDGET_LEVERS = {
     "kd4x": ["distill.epochs=640"],  # 4x the default's KD steps (1280) on the same 256 images
     "n1024": ["synthesize.n_images=1024"],  # 4x the images, each 160 iterations (4x synthesis), 4x KD steps (160 epochs)
     "n2048": ["synthesize.n_images=2048"],  # 8x the images (8x synthesis) and 8x the KD steps (2,560)
+    "n4096": ["synthesize.n_images=4096"],  # 16x the images (16x synthesis) and 16x the KD steps (5,120)
 }
 HARD_BUDGET_SETTINGS = {
     f"{k}+{lever}{arm}": [*HARD[k], *v, f"distill.transfer_set={t}"]
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
+}
+# KD-recipe levers on top of a budget lever: at n2048/n4096 the data-free student agrees with the teacher on 99.9% of
+# its (teacher-confident) synthetic images and the real-data one on 95.5% of its real ones, so the synthetic set is
+# memorized: a softer teacher (higher KD temperature) and in-batch MixUp (mixtures near the decision boundaries) give
+# each image more to teach. Compared with the budget lever's real-data arm (same images and KD steps, default recipe)
+HARD_RECIPE_LEVERS = {"t6": ["distill.temperature=6"], "mixup0.4": ["distill.mixup_alpha=0.4"]}
+HARD_RECIPE_SETTINGS = {
+    f"{k}+{budget}+{lever}": [*HARD[k], *HARD_BUDGET_LEVERS[budget], *v, "distill.transfer_set=synthetic"]
+    for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
+    for budget in ("n2048", "n4096")
+    for lever, v in HARD_RECIPE_LEVERS.items()
 }
 # student-aware synthesis (distill.adaptive_*; Adaptive DeepInversion): the default 256 images, then rounds of 256 made
 # against the current student during KD, up to the image count and KD steps of a budget lever, whose data-free arm
@@ -277,10 +289,26 @@ HARD_ADAPTIVE_LEVERS = {
     for n in (1024, 2048)
     for w in (10.0, 30.0)
 }
+# many generator images at a budget lever's KD steps (issue 17: "more and more diverse images at equal compute"): the
+# generator makes 4,096 images for ~1/8 and 16,384 (40 KD epochs = n4096's 5,120 steps) for ~1/6 of n4096's from-noise
+# synthesis steps; compared with the budget lever's real-data arm (its KD steps, 4,096 real images)
+HARD_GENERATOR_LEVERS = {
+    f"generator{n}": (
+        [
+            "synthesize.method=generator",
+            f"synthesize.n_images={n}",
+            "synthesize.generator_warmup=100",
+            f"synthesize.generator_steps={steps}",
+            f"distill.epochs={epochs}",
+        ],
+        "n4096",
+    )
+    for n, steps, epochs in ((4096, 10, 160), (16384, 5, 40))
+}
 HARD_ADAPTIVE_SETTINGS = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
-    for lever, (v, _) in HARD_ADAPTIVE_LEVERS.items()
+    for lever, (v, _) in (HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS).items()
 }
 SWEEPS["hard_levers"] = (
     {
@@ -289,12 +317,14 @@ SWEEPS["hard_levers"] = (
         for lever, v in HARD_LEVERS.items()
     }
     | HARD_BUDGET_SETTINGS
+    | HARD_RECIPE_SETTINGS
     | HARD_ADAPTIVE_SETTINGS
 )
 # the budget and student-aware levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard
 # sweep on CIFAR-10
 SWEEPS["hard_cifar10_levers"] = {
-    k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v] for k, v in (HARD_BUDGET_SETTINGS | HARD_ADAPTIVE_SETTINGS).items()
+    k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
+    for k, v in (HARD_BUDGET_SETTINGS | HARD_RECIPE_SETTINGS | HARD_ADAPTIVE_SETTINGS).items()
 }
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
@@ -818,16 +848,21 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             "",
             "Levers (data-free arm). A lever that changes the budget (KD steps, images) has its own real-data arm with the "
             "same budget; a student-aware lever (`adaptive<N>`: rounds of images made against the student during KD, up to "
-            "N images and n<N>'s KD steps) is compared with `n<N>-real`; the others keep the setting's KD steps and compare "
-            "with the setting's real-data arm:",
+            "N images and n<N>'s KD steps) is compared with `n<N>-real`, a generator lever (`generator<N>`: N generator "
+            "images at n4096's KD steps) with `n4096-real`, a KD-recipe lever on a budget lever (`n<N>+t6`: KD "
+            "temperature 6, `n<N>+mixup0.4`: in-batch MixUp) with `n<N>-real`; the others keep the setting's KD steps and "
+            "compare with the setting's real-data arm:",
             "",
             "| setting + lever | data-free KD | real-data KD (NOT data-free) | gap |",
             "|---|---|---|---|",
         ]
         for s in levers:
             k, lever = s.split("+", 1)
-            if lever in HARD_ADAPTIVE_LEVERS:  # compared with the budget lever it matches (images, KD steps)
-                real = (lever_sweep, f"{k}+{HARD_ADAPTIVE_LEVERS[lever][1]}-real")
+            budget = lever.split("+", 1)[0]
+            if lever in HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS:  # compared with the budget lever it matches
+                real = (lever_sweep, f"{k}+{(HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS)[lever][1]}-real")
+            elif budget != lever and budget in HARD_BUDGET_LEVERS:  # a KD recipe on a budget lever: that budget's arm
+                real = (lever_sweep, f"{k}+{budget}-real")
             elif (lever_sweep, f"{s}-real") in part.index or lever in HARD_BUDGET_LEVERS:
                 real = (lever_sweep, f"{s}-real")
             else:

@@ -341,6 +341,24 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
         "distill.adaptive_weight=10",
         "distill.transfer_set=synthetic",
     ]  # 256 + 3 x 256 = 1024 images, as n1024
+    # a KD-recipe lever on a budget lever keeps that budget's images and KD steps: compared with n1024-real (76.0 - 73.0)
+    exps.append(exp("hard_cifar10_levers--2w4a+n1024+t6--seed0", 0.730, pruned=0.925, sparsity=0.0, calibrated=0.14))
+    runs = compare.runs_table(doc)
+    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    assert "| 2w4a+n1024+t6 | 73.00 (1) | 76.00 (1) | 3.00 |" in cifar_levers
+    # a generator lever runs at n4096's KD steps: compared with n4096-real (78.0 - 71.0), not with the default arm
+    exps.append(exp("hard_cifar10_levers--2w4a+generator16384--seed0", 0.710, pruned=0.925, sparsity=0.0, calibrated=0.14))
+    exps.append(exp("hard_cifar10_levers--2w4a+n4096-real--seed0", 0.780, pruned=0.925, data_free=False, sparsity=0.0))
+    runs = compare.runs_table(doc)
+    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    assert "| 2w4a+generator16384 | 71.00 (1) | 78.00 (1) | 7.00 |" in cifar_levers
+    g = compare.SWEEPS["hard_levers"]["structured-macs0.75+generator16384"]
+    assert "synthesize.n_images=16384" in g and "distill.epochs=40" in g  # 16,384 / 128 x 40 = 4,096 / 128 x 160 steps
+    assert compare.SWEEPS["hard_levers"]["structured-macs0.75+n4096+mixup0.4"][-3:] == [
+        "synthesize.n_images=4096",
+        "distill.mixup_alpha=0.4",
+        "distill.transfer_set=synthetic",
+    ]
 
 
 def test_runs_csv_with_a_doubled_column_reads_back_as_one(tmp_path):
