@@ -305,10 +305,12 @@ HARD_GENERATOR_LEVERS = {
     )
     for n, steps, epochs in ((4096, 10, 160), (16384, 5, 40))
 }
-HARD_ADAPTIVE_SETTINGS = {
+# the levers read against a budget lever's arms (same images and KD steps): lever -> (overrides, budget lever)
+HARD_MATCHED_LEVERS = HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS
+HARD_MATCHED_SETTINGS = {
     f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
-    for lever, (v, _) in (HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS).items()
+    for lever, (v, _) in HARD_MATCHED_LEVERS.items()
 }
 SWEEPS["hard_levers"] = (
     {
@@ -318,13 +320,13 @@ SWEEPS["hard_levers"] = (
     }
     | HARD_BUDGET_SETTINGS
     | HARD_RECIPE_SETTINGS
-    | HARD_ADAPTIVE_SETTINGS
+    | HARD_MATCHED_SETTINGS
 )
 # the budget and student-aware levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard
 # sweep on CIFAR-10
 SWEEPS["hard_cifar10_levers"] = {
     k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
-    for k, v in (HARD_BUDGET_SETTINGS | HARD_RECIPE_SETTINGS | HARD_ADAPTIVE_SETTINGS).items()
+    for k, v in (HARD_BUDGET_SETTINGS | HARD_RECIPE_SETTINGS | HARD_MATCHED_SETTINGS).items()
 }
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
@@ -859,8 +861,8 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
         for s in levers:
             k, lever = s.split("+", 1)
             budget = lever.split("+", 1)[0]
-            if lever in HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS:  # compared with the budget lever it matches
-                real = (lever_sweep, f"{k}+{(HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS)[lever][1]}-real")
+            if lever in HARD_MATCHED_LEVERS:  # compared with the budget lever it matches (images, KD steps)
+                real = (lever_sweep, f"{k}+{HARD_MATCHED_LEVERS[lever][1]}-real")
             elif budget != lever and budget in HARD_BUDGET_LEVERS:  # a KD recipe on a budget lever: that budget's arm
                 real = (lever_sweep, f"{k}+{budget}-real")
             elif (lever_sweep, f"{s}-real") in part.index or lever in HARD_BUDGET_LEVERS:
