@@ -275,7 +275,7 @@ HARD_RECIPE_LEVERS = {"t6": ["distill.temperature=6"], "mixup0.4": ["distill.mix
 HARD_RECIPE_SETTINGS = {
     f"{k}+{budget}+{lever}": [*HARD[k], *HARD_BUDGET_LEVERS[budget], *v, "distill.transfer_set=synthetic"]
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
-    for budget in ("n2048", "n4096")
+    for budget in HARD_BUDGET_LEVERS
     for lever, v in HARD_RECIPE_LEVERS.items()
 }
 # student-aware synthesis (distill.adaptive_*; Adaptive DeepInversion): the default 256 images, then rounds of 256 made
@@ -312,6 +312,13 @@ HARD_MATCHED_SETTINGS = {
     for k in ("unstructured0.9", "2w4a", "structured-macs0.75")
     for lever, (v, _) in HARD_MATCHED_LEVERS.items()
 }
+# which real-data arm each lever is read against: `<setting>+<budget>-real` (same images and KD steps); a lever not
+# listed keeps the setting's KD steps and is read against the setting's own `<setting>-real`
+HARD_LEVER_REAL_ARM = (
+    {b: b for b in HARD_BUDGET_LEVERS}
+    | {f"{b}+{r}": b for b in HARD_BUDGET_LEVERS for r in HARD_RECIPE_LEVERS}
+    | {lever: budget for lever, (_, budget) in HARD_MATCHED_LEVERS.items()}
+)
 SWEEPS["hard_levers"] = (
     {
         f"{k}+{lever}": [*HARD[k], *v, "distill.transfer_set=synthetic"]
@@ -860,15 +867,8 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
         ]
         for s in levers:
             k, lever = s.split("+", 1)
-            budget = lever.split("+", 1)[0]
-            if lever in HARD_MATCHED_LEVERS:  # compared with the budget lever it matches (images, KD steps)
-                real = (lever_sweep, f"{k}+{HARD_MATCHED_LEVERS[lever][1]}-real")
-            elif budget != lever and budget in HARD_BUDGET_LEVERS:  # a KD recipe on a budget lever: that budget's arm
-                real = (lever_sweep, f"{k}+{budget}-real")
-            elif (lever_sweep, f"{s}-real") in part.index or lever in HARD_BUDGET_LEVERS:
-                real = (lever_sweep, f"{s}-real")
-            else:
-                real = (sweep, f"{k}-real")
+            budget = HARD_LEVER_REAL_ARM.get(lever)
+            real = (lever_sweep, f"{k}+{budget}-real") if budget else (sweep, f"{k}-real")
             lines.append(f"| {s} | {cell((lever_sweep, s))} | {cell(real)} | {gap((lever_sweep, s), real)} |")
     return "\n".join(lines) + "\n"
 
