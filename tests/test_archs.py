@@ -90,6 +90,7 @@ def test_unstructured_prune_then_distill_keeps_zeros(arch, shape):
         iq_beta=0.0,
         iq_layers="",
         mixup_alpha=0.0,
+        cutmix_alpha=0.0,
         adaptive_rounds=0,
         adaptive_images=1,
         adaptive_weight=0.0,

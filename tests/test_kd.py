@@ -4,8 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import make_trained_toy_net
 from stages.core.bn import batch_mean_var, running_stats
-from stages.core.kd import FeatureTap, distill, iq_loss, kd_loss, mixup, recalibrate_bn
+from stages.core.kd import FeatureTap, cutmix, distill, iq_loss, kd_loss, mix_batch, mixup, recalibrate_bn
 from stages.core.pruning import make_permanent, masks_of, prune_l1_unstructured
 from stages.core.runtime import StageError
 
@@ -26,6 +27,7 @@ def cfg(**kw):
         iq_beta=0.0,
         iq_layers="bn1,bn2",
         mixup_alpha=0.0,
+        cutmix_alpha=0.0,
         adaptive_rounds=0,
         adaptive_images=1,
         adaptive_weight=0.0,
@@ -111,6 +113,47 @@ def test_mixup_is_a_convex_combination_of_two_batch_images():
     assert lam2 == lam and torch.equal(perm2, perm) and torch.equal(again, mixed)
 
 
+def test_cutmix_pastes_one_box_of_the_partner_image_into_every_image():
+    """Image i is the constant i, so every pixel tells where it came from: image i keeps i outside one rectangle
+    (the same for the batch) and holds perm[i] inside it, whose area is the returned 1 - kept share."""
+    x = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 2, 10, 12).contiguous()
+    for seed in range(20):
+        mixed, kept, perm = cutmix(x, 1.0, torch.Generator().manual_seed(seed))
+        assert sorted(perm.tolist()) == list(range(6)) and 0.0 <= kept <= 1.0
+        moved = next(i for i in range(6) if perm[i] != i)  # an image whose partner is another image
+        box = mixed[moved, 0] != float(moved)  # where it holds the partner's pixels
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        if len(rows):  # a rectangle: every pixel between its first/last row and column is inside
+            assert bool(box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()) and int(box.sum()) == len(rows) * len(cols)
+        assert abs(int(box.sum()) / box.numel() - (1.0 - kept)) < 1e-12
+        for i in range(6):
+            expect = torch.where(box, float(perm[i]), float(i))
+            assert torch.equal(mixed[i], expect.expand(2, 10, 12))
+    again = cutmix(x, 1.0, torch.Generator().manual_seed(3))
+    first = cutmix(x, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], first[0]) and again[1] == first[1]
+
+
+def test_cutmix_box_area_follows_lambda_on_average():
+    """Away from the border (centre fixed by many draws averaging out), E[1 - kept] ~ E[1 - lam] = 1/2 for
+    Beta(1, 1), less what the border clips: between 0.25 and 0.5 on a 64 x 64 image."""
+    x = torch.zeros(2, 1, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    pasted = [1.0 - cutmix(x, 1.0, g)[1] for _ in range(400)]
+    assert 0.25 < sum(pasted) / len(pasted) < 0.5
+
+
+def test_mix_batch_takes_one_of_mixup_and_cutmix_per_batch():
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 6, 6).contiguous()
+    assert mix_batch(x, 0.0, 0.0, torch.Generator().manual_seed(0)) is x
+    kinds = set()
+    for seed in range(30):
+        out = mix_batch(x, 0.4, 1.0, torch.Generator().manual_seed(seed))
+        # CutMix leaves only the batch's own integer values; MixUp blends them into fractions
+        kinds.add("cutmix" if torch.equal(out, out.round()) else "mixup")
+    assert kinds == {"cutmix", "mixup"}
+
+
 def test_distill_with_iq_and_mixup_lowers_both_losses(trained_toy_net):
     student = copy.deepcopy(trained_toy_net)
     with torch.no_grad():
@@ -119,6 +162,20 @@ def test_distill_with_iq_and_mixup_lowers_both_losses(trained_toy_net):
     x = torch.randn(64, 1, 8, 8) * 2.0 + 1.5
     hist = distill(student, trained_toy_net, x, cfg(epochs=12, iq_beta=1.0, mixup_alpha=0.4, freeze_bn=False), torch.device("cpu"), 0)
     assert hist[-1]["iq_loss"] < hist[0]["iq_loss"] and hist[-1]["kd_loss"] < hist[0]["kd_loss"]
+
+
+def test_distill_with_cutmix_lowers_the_kd_loss_and_is_deterministic():
+    x = torch.randn(64, 1, 8, 8) * 2.0 + 1.5
+    runs = []
+    for _ in range(2):
+        teacher, student = make_trained_toy_net(), make_trained_toy_net()
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        runs.append((distill(student, teacher, x, cfg(epochs=12, cutmix_alpha=1.0, freeze_bn=False), torch.device("cpu"), 0), student))
+    (hist, student), (hist2, student2) = runs
+    assert hist[-1]["kd_loss"] < hist[0]["kd_loss"]
+    assert hist == hist2 and all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), student2.state_dict().values()))
 
 
 def test_kd_loss_by_hand_two_classes():

@@ -12,7 +12,8 @@ Options of "The Knowledge Within": ``iq_beta`` > 0 adds the intermediate-feature
 loss, beta * mean over ``iq_layers`` of smooth-L1(student features, teacher features) at the
 outputs of the named modules; ``mixup_alpha`` > 0 mixes each batch with a shuffled copy of
 itself (lambda ~ Beta(alpha, alpha)) before both networks see it - the teacher labels the
-mixed image, its outputs are not mixed.
+mixed image, its outputs are not mixed. ``cutmix_alpha`` > 0 pastes one box of a shuffled copy
+into every image instead (CutMix); with both on, each batch takes one of the two.
 
 Several processes (``ctx.world`` > 1, torchrun): the student runs under DistributedDataParallel
 and every rank takes the rows ``rank::world`` of each batch, drawn and augmented identically on
@@ -104,6 +105,38 @@ def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[to
     lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(len(x), generator=generator)
     return lam * x + (1 - lam) * x[perm], lam, perm
+
+
+def cutmix(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """In-batch CutMix (Yun et al. 2019) for distillation: one box, the same for the whole batch, of every image is
+    replaced by that box of ``x[perm]``. Its side is ``sqrt(1 - lam)`` of the image's, lam ~ Beta(alpha, alpha), centred
+    on a uniform pixel and clipped at the border. Returns (mixed, share of each image kept, perm). The teacher labels
+    the mixed image, so no label mixing is needed; draws come from ``generator``, so runs are deterministic.
+    """
+    rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator)
+    h, w = x.shape[-2:]
+    side = math.sqrt(1.0 - lam)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - int(h * side) // 2, 0), min(cy + int(h * side) // 2, h)
+    x0, x1 = max(cx - int(w * side) // 2, 0), min(cx + int(w * side) // 2, w)
+    mixed = x.clone()
+    mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return mixed, 1.0 - (y1 - y0) * (x1 - x0) / (h * w), perm
+
+
+def mix_batch(x: torch.Tensor, mixup_alpha: float, cutmix_alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """The batch after in-batch MixUp or CutMix (each off at alpha 0); with both on, each batch takes one of the two
+    with equal chance (as timm's Mixup with switch_prob 0.5)."""
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = bool(torch.rand((), generator=generator) < 0.5)
+        mixup_alpha, cutmix_alpha = (0.0, cutmix_alpha) if use_cutmix else (mixup_alpha, 0.0)
+    if mixup_alpha > 0:
+        return mixup(x, mixup_alpha, generator)[0]
+    if cutmix_alpha > 0:
+        return cutmix(x, cutmix_alpha, generator)[0]
+    return x
 
 
 def set_bn_train(model: nn.Module, train: bool) -> None:
@@ -203,8 +236,7 @@ def distill(
                 idx = pool.next()
                 step += 1
                 xb = random_shift_flip(x[idx], cfg.max_shift, cfg.flip, gen)
-                if cfg.mixup_alpha > 0:
-                    xb, _, _ = mixup(xb, cfg.mixup_alpha, gen)
+                xb = mix_batch(xb, cfg.mixup_alpha, cfg.cutmix_alpha, gen)
                 rows = len(xb)  # the global batch: every rank normalizes by it, so a short or empty share weighs its rows only
                 xb = xb[rank::world].to(device).contiguous(memory_format=torch.channels_last)
                 with torch.no_grad():
