@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_trained_toy_net
 from stages.core.bn import batch_mean_var, running_stats
-from stages.core.kd import FeatureTap, cutmix, distill, iq_loss, kd_loss, mix_batch, mixup, recalibrate_bn
+from stages.core.kd import FeatureTap, cutmix, cutmix_box, distill, iq_loss, kd_loss, mix_batch, mixup, recalibrate_bn
 from stages.core.pruning import make_permanent, masks_of, prune_l1_unstructured
 from stages.core.runtime import StageError
 
@@ -129,18 +129,43 @@ def test_cutmix_pastes_one_box_of_the_partner_image_into_every_image():
         for i in range(6):
             expect = torch.where(box, float(perm[i]), float(i))
             assert torch.equal(mixed[i], expect.expand(2, 10, 12))
-    again = cutmix(x, 1.0, torch.Generator().manual_seed(3))
     first = cutmix(x, 1.0, torch.Generator().manual_seed(3))
+    again = cutmix(x, 1.0, torch.Generator().manual_seed(3))
     assert torch.equal(again[0], first[0]) and again[1] == first[1]
+    assert any(cutmix(x, 1.0, torch.Generator().manual_seed(s))[1] < 1.0 for s in range(5))  # boxes are not all empty
+
+
+def test_cutmix_box_by_hand():
+    # 10 x 12, lam 0.75: sides int(10 * 0.5) = 5 -> half 2, int(12 * 0.5) = 6 -> half 3; centre (5, 6)
+    assert cutmix_box(10, 12, 0.75, 5, 6) == (3, 7, 3, 9)
+    # the same box at the corner (0, 11): clipped to rows 0:2, columns 8:12
+    assert cutmix_box(10, 12, 0.75, 0, 11) == (0, 2, 8, 12)
+    # lam 0: the box spans the image from its centre (side 10 x 12, half 5 x 6); lam 1: empty
+    assert cutmix_box(10, 12, 0.0, 5, 6) == (0, 10, 0, 12)
+    y0, y1, x0, x1 = cutmix_box(10, 12, 1.0, 5, 6)
+    assert (y1 - y0) * (x1 - x0) == 0
 
 
 def test_cutmix_box_area_follows_lambda_on_average():
-    """Away from the border (centre fixed by many draws averaging out), E[1 - kept] ~ E[1 - lam] = 1/2 for
-    Beta(1, 1), less what the border clips: between 0.25 and 0.5 on a 64 x 64 image."""
-    x = torch.zeros(2, 1, 64, 64)
+    """Beta(1, 1): E[1 - lam] = 1/2 before clipping; a box of side sqrt(1 - lam) centred uniformly keeps, per axis,
+    E[clipped side] = s - s^2 / 4 (s the side as a share), so the expected pasted share is
+    E[(s - s^2 / 4)^2] with s = sqrt(u), u ~ U(0, 1): 1/2 - 2/4 * 2/5 + 1/16 * 1/3 = 0.3208 (worked by hand; a side
+    of 1 - lam would give 0.221). 256 px: rounding the sides down to even pixels costs < 1%."""
+    x = torch.zeros(2, 1, 256, 256)
     g = torch.Generator().manual_seed(0)
-    pasted = [1.0 - cutmix(x, 1.0, g)[1] for _ in range(400)]
-    assert 0.25 < sum(pasted) / len(pasted) < 0.5
+    pasted = [1.0 - cutmix(x, 1.0, g)[1] for _ in range(4000)]
+    assert abs(sum(pasted) / len(pasted) - 0.3208) < 0.015
+
+
+def test_mix_batch_without_cutmix_draws_as_mixup_alone():
+    """Runs made before CutMix existed reproduce: MixUp alone draws exactly what ``mixup`` draws; neither draws nothing."""
+    x = torch.randn(8, 1, 6, 6)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(mix_batch(x, 0.4, 0.0, g1), mixup(x, 0.4, g2)[0]) and torch.equal(g1.get_state(), g2.get_state())
+    g3 = torch.Generator().manual_seed(4)
+    assert mix_batch(x, 0.0, 0.0, g3) is x and torch.equal(g3.get_state(), torch.Generator().manual_seed(4).get_state())
+    g4, g5 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(mix_batch(x, 0.0, 1.0, g4), cutmix(x, 1.0, g5)[0])
 
 
 def test_mix_batch_takes_one_of_mixup_and_cutmix_per_batch():
@@ -175,6 +200,11 @@ def test_distill_with_cutmix_lowers_the_kd_loss_and_is_deterministic():
         runs.append((distill(student, teacher, x, cfg(epochs=12, cutmix_alpha=1.0, freeze_bn=False), torch.device("cpu"), 0), student))
     (hist, student), (hist2, student2) = runs
     assert hist[-1]["kd_loss"] < hist[0]["kd_loss"]
+    plain = make_trained_toy_net()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    assert distill(plain, make_trained_toy_net(), x, cfg(epochs=12, freeze_bn=False), torch.device("cpu"), 0) != hist  # CutMix ran
     assert hist == hist2 and all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), student2.state_dict().values()))
 
 

@@ -107,22 +107,28 @@ def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[to
     return lam * x + (1 - lam) * x[perm], lam, perm
 
 
+def cutmix_box(h: int, w: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """CutMix's box (Yun et al. 2019, ``rand_bbox``) in an h x w image: sides ``int(h * sqrt(1 - lam))`` and
+    ``int(w * sqrt(1 - lam))`` (rounded down to even), centred on pixel (cy, cx), clipped at the border; returns
+    (y0, y1, x0, x1), the rows y0:y1 and columns x0:x1. Its area is at most 1 - lam of the image (less where clipped)."""
+    side = math.sqrt(1.0 - min(max(lam, 0.0), 1.0))
+    dh, dw = int(h * side) // 2, int(w * side) // 2
+    return max(cy - dh, 0), min(cy + dh, h), max(cx - dw, 0), min(cx + dw, w)
+
+
 def cutmix(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """In-batch CutMix (Yun et al. 2019) for distillation: one box, the same for the whole batch, of every image is
-    replaced by that box of ``x[perm]``. Its side is ``sqrt(1 - lam)`` of the image's, lam ~ Beta(alpha, alpha), centred
-    on a uniform pixel and clipped at the border. Returns (mixed, share of each image kept, perm). The teacher labels
-    the mixed image, so no label mixing is needed; draws come from ``generator``, so runs are deterministic.
+    """In-batch CutMix for distillation: one box (``cutmix_box``, lam ~ Beta(alpha, alpha), centre uniform over the
+    pixels), the same for the whole batch, of every image is replaced by that box of ``x[perm]`` (an image paired with
+    itself, as always in a batch of 1, stays as it is). Returns (mixed, share of each image kept, perm). The teacher
+    labels the mixed image, so no label mixing is needed; draws come from ``generator``, so runs are deterministic.
     """
     rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
     lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(len(x), generator=generator)
     h, w = x.shape[-2:]
-    side = math.sqrt(1.0 - lam)
-    cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    y0, y1 = max(cy - int(h * side) // 2, 0), min(cy + int(h * side) // 2, h)
-    x0, x1 = max(cx - int(w * side) // 2, 0), min(cx + int(w * side) // 2, w)
+    y0, y1, x0, x1 = cutmix_box(h, w, lam, int(rng.integers(h)), int(rng.integers(w)))
     mixed = x.clone()
-    mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    mixed[..., y0:y1, x0:x1] = x[..., y0:y1, x0:x1][perm]
     return mixed, 1.0 - (y1 - y0) * (x1 - x0) / (h * w), perm
 
 

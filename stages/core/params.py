@@ -181,7 +181,7 @@ class Distill(Section):
     iq_beta: float = num(0.0, 1e6)  # weight of the intermediate-feature (IQ) smooth-L1 loss; 0 = off
     iq_layers: str  # comma-separated module names whose outputs the IQ loss compares
     mixup_alpha: float = num(0.0, 100.0)  # in-batch MixUp, lambda ~ Beta(alpha, alpha); 0 = off
-    cutmix_alpha: float = num(0.0, 100.0)  # in-batch CutMix, box area 1 - lambda; 0 = off; with MixUp, one per batch
+    cutmix_alpha: float = num(0.0, 100.0)  # in-batch CutMix, nominal box area 1 - lambda; 0 = off; with MixUp, one per batch
     adaptive_rounds: int = num(0, 1000)  # student-aware synthesis rounds during KD (synthetic transfer set only); 0 = off
     adaptive_images: int = num(1, 10_000_000)  # new images per round
     adaptive_weight: float = num(0.0, 1e6)  # weight of the competition term 1 - JS(teacher, student) / ln 2
