@@ -135,14 +135,10 @@ def cutmix(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[t
 def mix_batch(x: torch.Tensor, mixup_alpha: float, cutmix_alpha: float, generator: torch.Generator) -> torch.Tensor:
     """The batch after in-batch MixUp or CutMix (each off at alpha 0); with both on, each batch takes one of the two
     with equal chance (as timm's Mixup with switch_prob 0.5)."""
-    if mixup_alpha > 0 and cutmix_alpha > 0:
-        use_cutmix = bool(torch.rand((), generator=generator) < 0.5)
-        mixup_alpha, cutmix_alpha = (0.0, cutmix_alpha) if use_cutmix else (mixup_alpha, 0.0)
-    if mixup_alpha > 0:
-        return mixup(x, mixup_alpha, generator)[0]
-    if cutmix_alpha > 0:
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha == 0 or bool(torch.rand((), generator=generator) < 0.5))
+    if use_cutmix:
         return cutmix(x, cutmix_alpha, generator)[0]
-    return x
+    return mixup(x, mixup_alpha, generator)[0] if mixup_alpha > 0 else x
 
 
 def set_bn_train(model: nn.Module, train: bool) -> None:
