@@ -616,6 +616,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out["val_accuracy_mean"] = g[VAL].mean() if VAL in ok else float("nan")
     for col, name in (("metrics.pruned.accuracy", "pruned_accuracy"), ("metrics.teacher.accuracy", "teacher_accuracy")):
         out[name] = g[col].mean()
+    # seeds vary distill.seed only, so a setting's runs share one teacher; more than one teacher accuracy means its runs
+    # trained their teachers apart (another host's bf16 kernels, other code) and the mean mixes starting points
+    out["teachers"] = g["metrics.teacher.accuracy"].nunique()
     # the model KD starts from: the calibrated fake-quant model when quantize was on, else the pruned one
     before = ok["metrics.quantized.accuracy"] if "metrics.quantized.accuracy" in ok else pd.Series(float("nan"), index=ok.index)
     out["before_kd_accuracy"] = before.fillna(ok["metrics.pruned.accuracy"]).groupby([ok["sweep"], ok["setting"]], sort=False).mean()
@@ -661,10 +664,15 @@ def render(summary: pd.DataFrame) -> str:
             name = f"**{r.setting}**" if r.setting == best else r.setting
             lines.append(
                 f"| {name} | {r.accuracy_mean:.2%} | {std} | {val} | {r.runs} | {r.runs_without_metrics} "
-                f"| {r.before_kd_accuracy:.2%} | {r.teacher_accuracy:.2%} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
+                f"| {r.before_kd_accuracy:.2%} | {_teacher(r)} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
             )
         lines += ["", f"![{sweep}]({sweep}.png)", ""]
     return "\n".join(lines)
+
+
+def _teacher(r) -> str:
+    """A summary row's teacher accuracy; a mean over differently trained teachers says so."""
+    return f"{r.teacher_accuracy:.2%}" + (f" (mean of {r.teachers} teachers)" if r.teachers > 1 else "")
 
 
 def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
@@ -810,7 +818,8 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             return "not run"
         r = part.loc[key]
         sd = "" if pd.isna(r["accuracy_std"]) else f" +- {100 * r['accuracy_std']:.2f}"
-        return f"{100 * r['accuracy_mean']:.2f}{sd} ({int(r['runs'])})"
+        mixed = f", {int(r['teachers'])} teachers" if r["teachers"] > 1 else ""
+        return f"{100 * r['accuracy_mean']:.2f}{sd} ({int(r['runs'])}{mixed})"
 
     def gap(free, real) -> str:
         if free not in part.index or real not in part.index:
@@ -824,8 +833,9 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
         "",
         "Real test split accuracy, mean +- std over seeds (runs). Real-data KD distils on as many real training images as "
         "the synthetic set has: **NOT data-free**. Gap = real-data KD - data-free, in points. Teacher: as each "
-        "setting's runs trained it. Pruning: how the runs of a setting ranked weights (global L1 by magnitude, or "
-        "LAMP; structured settings remove whole channels).",
+        "setting's runs trained it (runs whose teachers differ, e.g. trained on another host, say `k teachers`). "
+        "Pruning: how the runs of a setting ranked weights (global L1 by magnitude, or LAMP; structured settings remove "
+        "whole channels).",
     ]
 
     def pruning(sweep: str, k: str) -> str:

@@ -369,3 +369,25 @@ def test_runs_csv_with_a_doubled_column_reads_back_as_one(tmp_path):
     runs = compare.read_runs(p)
     assert list(runs.columns) == ["name", col, compare.JKL + "fgsm_test_eps0.1"]
     assert runs[col].tolist() == [0.33, 0.52] and runs[compare.JKL + "fgsm_test_eps0.1"].iloc[0] == 8.5
+
+
+def test_a_setting_whose_seeds_ran_on_different_teachers_says_so():
+    """Seeds vary distill.seed only: one teacher per setting. Seed 1's teacher trained apart (88.05 vs 88.20, another
+    host's bf16 kernels): the row counts 2 teachers, its mean teacher is (88.20 + 88.05) / 2 = 88.125, and both tables
+    flag it; a setting on one teacher is not flagged."""
+    exps = [
+        exp("hard--structured-macs0.75--seed0", 0.850),
+        exp("hard--structured-macs0.75--seed1", 0.855),
+        exp("hard--structured-macs0.75-real--seed0", 0.870, data_free=False),
+        exp("hard--structured-macs0.75-real--seed1", 0.872, data_free=False),
+    ]
+    for e, t in zip(exps, (0.8820, 0.8805, 0.8820, 0.8820), strict=True):
+        e["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["teacher"]["accuracy"] = t
+    runs = compare.runs_table([{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}])
+    s = compare.summarize(runs).set_index(["sweep", "setting"])
+    free, real = s.loc[("hard", "structured-macs0.75")], s.loc[("hard", "structured-macs0.75-real")]
+    assert (free["teachers"], real["teachers"]) == (2, 1) and free["teacher_accuracy"] == pytest.approx(0.88125)
+    row = next(r for r in compare.hard_table(compare.summarize(runs), runs).splitlines() if r.startswith("| structured-macs0.75 |"))
+    assert "85.25 +- 0.35 (2, 2 teachers)" in row and "87.10 +- 0.14 (2) |" in row
+    md = compare.render(compare.summarize(runs))
+    assert "88.12% (mean of 2 teachers)" in md and "88.20% |" in md
