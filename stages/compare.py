@@ -545,11 +545,12 @@ def paper_table(runs: pd.DataFrame) -> str:
         ours = ours.assign(ranking=pruning_ranking(ours))
         for (setting, ranking), g in ours.groupby(["setting", "ranking"], sort=True):
             t, p, st = g["metrics.teacher.accuracy"].mean(), g["metrics.pruned.accuracy"].mean(), g[ACC]
+            teacher = mean_teacher(t, g["metrics.teacher.accuracy"].nunique())
             sd = f" +- {100 * st.std():.2f}" if len(st) > 1 else ""
             share = f"{(st.mean() - p) / (t - p):.0%}" if t > p else "-"
             dev = g["metrics.device"].iloc[0] if "metrics.device" in g else "-"
             lines.append(
-                f"| {setting} | {ranking} | {dev} | {len(g)} | {t:.2%} | {p:.2%} | {st.mean():.2%}{sd} "
+                f"| {setting} | {ranking} | {dev} | {len(g)} | {teacher} | {p:.2%} | {st.mean():.2%}{sd} "
                 f"| {100 * (t - st.mean()):.2f} | {share} |"
             )
         lines += cifar10_jkl_lines(ours)
@@ -662,17 +663,18 @@ def render(summary: pd.DataFrame) -> str:
             val = "-" if pd.isna(r.val_accuracy_mean) else f"{r.val_accuracy_mean:.2%}"
             free = "yes" if r.data_free else "**NO (real images)**"
             name = f"**{r.setting}**" if r.setting == best else r.setting
+            teacher = mean_teacher(r.teacher_accuracy, r.teachers)
             lines.append(
                 f"| {name} | {r.accuracy_mean:.2%} | {std} | {val} | {r.runs} | {r.runs_without_metrics} "
-                f"| {r.before_kd_accuracy:.2%} | {_teacher(r)} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
+                f"| {r.before_kd_accuracy:.2%} | {teacher} | {free} | {_x(r.speedup_b64, 2)} | {_x(r.size_ratio, 1)} |"
             )
         lines += ["", f"![{sweep}]({sweep}.png)", ""]
     return "\n".join(lines)
 
 
-def _teacher(r) -> str:
-    """A summary row's teacher accuracy; a mean over differently trained teachers says so."""
-    return f"{r.teacher_accuracy:.2%}" + (f" (mean of {r.teachers} teachers)" if r.teachers > 1 else "")
+def mean_teacher(accuracy: float, teachers: int) -> str:
+    """A group's mean teacher accuracy; a mean over differently trained teachers (``teachers`` > 1) says so."""
+    return f"{accuracy:.2%}" + (f" (mean of {teachers} teachers)" if teachers > 1 else "")
 
 
 def zoo_table(summary: pd.DataFrame, runs: pd.DataFrame) -> str:

@@ -391,3 +391,10 @@ def test_a_setting_whose_seeds_ran_on_different_teachers_says_so():
     assert "85.25 +- 0.35 (2, 2 teachers)" in row and "87.10 +- 0.14 (2) |" in row
     md = compare.render(compare.summarize(runs))
     assert "88.12% (mean of 2 teachers)" in md and "88.20% |" in md
+    # the paper table averages its CIFAR-10 groups from the runs themselves: the same flag there
+    exps = [exp(f"cifar10--resnet20-teacher60-unstructured0.75--seed{s}", 0.85) for s in (0, 1)]
+    exps[1]["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["teacher"]["accuracy"] = 0.9155  # (92.50 + 91.55) / 2
+    paper = compare.paper_table(
+        compare.runs_table([{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}])
+    )
+    assert "| 92.03% (mean of 2 teachers) |" in paper
