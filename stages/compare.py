@@ -27,7 +27,8 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 / n4096 (4x / 8x / 16x images and KD
                 steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
                 budget levers on CIFAR-10 (--dataset); adaptive<N>-w<W>: student-aware rounds during KD up to
-                n<N>'s images and steps, compared with n<N> and n<N>-real
+                n<N>'s images and steps, compared with n<N> and n<N>-real; 2w4a+wmse / +n1024+wmse / +n2048+wmse:
+                quantize.weight_range mse (least-squares weight clipping), each with its own `-real` arm
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
@@ -317,6 +318,18 @@ HARD_GENERATOR_LEVERS = {
     )
     for n, steps, epochs in ((4096, 10, 160), (16384, 5, 40))
 }
+# the weight grid of 2w4a (quantize.weight_range mse: each channel clipped where rounding errs least, chosen from the
+# weights alone, so data-free): the max grid puts 2-bit rounding thresholds at max|w| / 2, most weights round to 0
+# and KD must re-learn the network from chance. It changes both arms' starting point, so each lever has its own
+# `-real` arm: on the default budget and on n1024 (Fashion-MNIST's best 2w4a budget) / n2048 (CIFAR-10's)
+HARD_WEIGHT_RANGE_LEVERS = {
+    f"{b}wmse": [*HARD_BUDGET_LEVERS.get(b.rstrip("+"), []), "quantize.weight_range=mse"] for b in ("", "n1024+", "n2048+")
+}
+HARD_WEIGHT_RANGE_SETTINGS = {
+    f"2w4a+{lever}{arm}": [*HARD["2w4a"], *v, f"distill.transfer_set={t}"]
+    for lever, v in HARD_WEIGHT_RANGE_LEVERS.items()
+    for arm, t in ARMS
+}
 # the levers read against a budget lever's arms (same images and KD steps): lever -> (overrides, budget lever)
 HARD_MATCHED_LEVERS = HARD_ADAPTIVE_LEVERS | HARD_GENERATOR_LEVERS
 HARD_MATCHED_SETTINGS = {
@@ -330,6 +343,7 @@ HARD_LEVER_REAL_ARM = (
     {b: b for b in HARD_BUDGET_LEVERS}
     | {f"{b}+{r}": b for b in HARD_BUDGET_LEVERS for r in HARD_RECIPE_LEVERS}
     | {lever: budget for lever, (_, budget) in HARD_MATCHED_LEVERS.items()}
+    | {lever: lever for lever in HARD_WEIGHT_RANGE_LEVERS}
 )
 SWEEPS["hard_levers"] = (
     {
@@ -340,12 +354,13 @@ SWEEPS["hard_levers"] = (
     | HARD_BUDGET_SETTINGS
     | HARD_RECIPE_SETTINGS
     | HARD_MATCHED_SETTINGS
+    | HARD_WEIGHT_RANGE_SETTINGS
 )
 # the budget and student-aware levers on CIFAR-10 (the hard_cifar10 teacher and data), as hard_cifar10 is the hard
 # sweep on CIFAR-10
 SWEEPS["hard_cifar10_levers"] = {
     k: ["data.name=cifar10", DATASET, *CIFAR10_TEACHER, *v]
-    for k, v in (HARD_BUDGET_SETTINGS | HARD_RECIPE_SETTINGS | HARD_MATCHED_SETTINGS).items()
+    for k, v in (HARD_BUDGET_SETTINGS | HARD_RECIPE_SETTINGS | HARD_MATCHED_SETTINGS | HARD_WEIGHT_RANGE_SETTINGS).items()
 }
 # generator-based synthesis against the default from-noise synthesis (issue 17): synthesis time and recovered accuracy
 SWEEPS["generator"] = {
@@ -883,7 +898,9 @@ def hard_table(summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> str |
             "same budget; a student-aware lever (`adaptive<N>`: rounds of images made against the student during KD, up to "
             "N images and n<N>'s KD steps) is compared with `n<N>-real`, a generator lever (`generator<N>`: N generator "
             "images at n4096's KD steps) with `n4096-real`, a KD-recipe lever on a budget lever (`n<N>+t6`: KD "
-            "temperature 6, `n<N>+mixup0.4` / `n<N>+cutmix1`: in-batch MixUp / CutMix) with `n<N>-real`; the others "
+            "temperature 6, `n<N>+mixup0.4` / `n<N>+cutmix1`: in-batch MixUp / CutMix) with `n<N>-real`, a weight-grid "
+            "lever (`wmse`, `n<N>+wmse`: 2-bit weights clipped where rounding errs least, `quantize.weight_range=mse`) "
+            "with its own `-real` arm on that grid; the others "
             "keep the setting's KD steps and compare with the setting's real-data arm:",
             "",
             "| setting + lever | data-free KD | real-data KD (NOT data-free) | gap |",

@@ -1,7 +1,8 @@
 """Stage quantize: simulated low-precision weights/activations, calibrated on the synthetic set (no real data).
 
 Wraps the pruned model's conv and linear layers in fake-quant layers (core/quant.py: per-channel
-symmetric weights, per-tensor activations, first/last layer bits separate; BN untouched), sets
+symmetric weights, per-tensor activations, first/last layer bits separate; BN untouched), with
+weight_range mse clips each weight channel where rounding errs least (from the weights alone), sets
 the activation ranges from the synthetic images (mean of per-batch min/max, or percentiles) and
 writes the calibrated model: the "calibration only" row of the report. distill then fine-tunes
 it by KD with these ranges frozen. With weight_bits = act_bits = 32 the stage passes the pruned
@@ -16,13 +17,17 @@ import pandas as pd
 from stages.core.artifacts import atomic_dir, load_tensors, read_json, save_model, sha256_file, write_json
 from stages.core.checkpoints import load_model
 from stages.core.params import as_dict, load_params
-from stages.core.quant import FLOAT_BITS, calibrate, layer_bits, quantize_model
+from stages.core.quant import FLOAT_BITS, calibrate, layer_bits, quantize_model, set_weight_clip
 from stages.core.runtime import StageError, resolve_device, run_stage, seed_everything, timed
 
 PRUNED = Path("models/pruned")
 SYNTHETIC = Path("data/synthetic")
 OUT = Path("models/quantized")
 REPORTS = Path("reports/quantize")
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def main() -> None:
@@ -43,10 +48,11 @@ def main() -> None:
         "params": {"common": as_dict(common), "quantize": as_dict(cfg)},
         "quantization": None,
     }
-    ranges, timings = {}, {"wall_s": 0.0}
+    ranges, clips, timings = {}, {}, {"wall_s": 0.0}
     if enabled:
         bits = layer_bits(model, cfg.weight_bits, cfg.act_bits, cfg.first_last_bits)
         quantize_model(model, bits)
+        clips = set_weight_clip(model, cfg.weight_range)  # before calibration: ranges are observed with quantized weights
         x = load_tensors(SYNTHETIC / "images.safetensors")["images"].float()
         x = x[: cfg.calib_images or None]
         with timed(timings, "wall_s"):
@@ -59,6 +65,7 @@ def main() -> None:
             "act_bits": cfg.act_bits,
             "first_last_bits": cfg.first_last_bits,
             "weights": "per-channel symmetric, levels -(2^(b-1)-1)..2^(b-1)-1",
+            "weight_range": cfg.weight_range,
             "activations": f"per-tensor asymmetric on every conv/linear input, {cfg.calibration} calibration on {len(x)} synthetic images",
             "layers": {k: list(v) for k, v in bits.items()},
         }
@@ -68,9 +75,13 @@ def main() -> None:
             card["masks_sha256"] = sha256_file(tmp / "masks.safetensors")
         save_model(tmp, model, card)
     layers = (card["quantization"] or {}).get("layers", {})
-    rows = [{"layer": k, "weight_bits": layers[k][0], "act_bits": layers[k][1], "lo": lo, "hi": hi} for k, (lo, hi) in ranges.items()]
+    rows = [
+        {"layer": k, "weight_bits": layers[k][0], "act_bits": layers[k][1], "lo": lo, "hi": hi, "weight_clip_mean": _mean(clips.get(k))}
+        for k, (lo, hi) in ranges.items()
+    ]
     with atomic_dir(REPORTS) as tmp:
-        pd.DataFrame(rows, columns=["layer", "weight_bits", "act_bits", "lo", "hi"]).to_csv(tmp / "ranges.csv", index=False)
+        columns = ["layer", "weight_bits", "act_bits", "lo", "hi", "weight_clip_mean"]
+        pd.DataFrame(rows, columns=columns).to_csv(tmp / "ranges.csv", index=False)
         write_json(
             tmp / "metrics.json",
             {"enabled": enabled, **{k: getattr(cfg, k) for k in ("weight_bits", "act_bits", "first_last_bits")}, **timings},

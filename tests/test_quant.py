@@ -13,9 +13,11 @@ from stages.core.quant import (
     act_qparams,
     calibrate,
     layer_bits,
+    mse_clip,
     quant_layers,
     quantization_disabled,
     quantize_model,
+    set_weight_clip,
 )
 
 
@@ -109,16 +111,65 @@ def test_pruned_zeros_stay_zero_under_quantization_and_training():
         assert (qw[~masks[f"{name}.weight"]] == 0).all()
 
 
+def test_mse_clip_of_a_hand_worked_channel():
+    """w = [2, 1, 1, 1, 1] at 2 bits (levels -s, 0, s): the max grid (s = 2) rounds the four 1s to 0 (1 / 2 = 0.5,
+    half to even): error 4. With s < 2 they round to s and 2 clips to s: error (2 - s)^2 + 4 (1 - s)^2, least at
+    s = 6 / 5 = 1.2 (error 0.8): clip ratio 0.6."""
+    w = torch.tensor([[2.0, 1.0, 1.0, 1.0, 1.0]])
+    clip = mse_clip(w, 2)
+    torch.testing.assert_close(clip, torch.tensor([0.6]), atol=2e-4, rtol=0)
+    net = quantize_model(torch.nn.Sequential(torch.nn.Linear(5, 1, bias=False)), {"0": (2, 32)})
+    lin = net[0]
+    lin.weight.data.copy_(w)
+    set_weight_clip(net, "mse")
+    torch.testing.assert_close(lin.quantized_weight().detach(), torch.full((1, 5), 1.2), atol=3e-4, rtol=0)
+    assert ((lin.quantized_weight().detach() - w) ** 2).sum() == pytest.approx(0.8, abs=1e-3)
+
+
+def test_mse_clip_at_2_bits_is_the_lloyd_max_ternary_quantizer_of_a_gaussian():
+    """The least-squares 3-level quantizer of N(0, 1) has levels 0, +-1.2240 and thresholds +-0.6120 (Max 1960): a
+    uniform grid, so the 2-bit step of a Gaussian channel is 1.224 sigma, whatever its largest weight."""
+    torch.manual_seed(0)
+    sigma = torch.tensor([0.05, 1.0, 3.0])
+    w = torch.randn(3, 400_000) * sigma[:, None]
+    step = mse_clip(w, 2) * w.abs().amax(1)  # qmax = 1
+    torch.testing.assert_close(step / sigma, torch.full((3,), 1.2240), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_mse_clip_never_rounds_worse_than_the_max_grid(bits):
+    torch.manual_seed(1)
+    w = torch.randn(16, 3, 3, 3) * torch.rand(16, 1, 1, 1) + torch.randn(16, 1, 1, 1).pow(3) * (torch.rand(16, 3, 3, 3) > 0.95)
+    conv = quantize_model(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3)), {"0": (bits, 32)})
+    conv[0].weight.data.copy_(w)
+    plain = ((conv[0].quantized_weight() - w) ** 2).flatten(1).sum(1)
+    set_weight_clip(conv, "mse")
+    fitted = ((conv[0].quantized_weight() - w) ** 2).flatten(1).sum(1)
+    assert (fitted <= plain + 1e-7).all() and (fitted < plain).any()
+    assert ((conv[0].weight_clip > 0) & (conv[0].weight_clip <= 1)).all()
+    set_weight_clip(conv, "max")
+    torch.testing.assert_close(((conv[0].quantized_weight() - w) ** 2).flatten(1).sum(1), plain)
+
+
+def test_weight_range_must_be_known(toy_net):
+    quantized(toy_net, 2, 4)
+    with pytest.raises(ValueError, match="weight range 'minmax' is not one of"):
+        set_weight_clip(toy_net, "minmax")
+
+
 def test_quantized_model_round_trips_through_its_card(tmp_path):
     torch.manual_seed(0)
     m = build_model("resnet20", 10, 1)
     bits = layer_bits(m, 4, 4, 8)
     quantize_model(m, bits)
+    set_weight_clip(m, "mse")
     calibrate(m, torch.randn(32, 1, 28, 28), 16, "minmax", 99.99, "cpu")
     save_model(tmp_path, m, {"arch": "resnet20", "num_classes": 10, "in_channels": 1, "quantization": {"layers": bits}})
     loaded, _ = load_model(tmp_path)
     assert isinstance(loaded.layer2[0].conv1, QuantConv2d)
     assert float(loaded.layer2[0].conv1.act_hi) == float(m.layer2[0].conv1.act_hi)
+    assert (loaded.layer2[0].conv1.weight_clip < 1).any()
+    torch.testing.assert_close(loaded.layer2[0].conv1.weight_clip, m.layer2[0].conv1.weight_clip)
     x = torch.randn(4, 1, 28, 28)
     torch.testing.assert_close(loaded(x), m.eval()(x))
 

@@ -158,6 +158,7 @@ class Quantize(Section):
     weight_bits: Bits  # per-channel symmetric; 32 = off
     act_bits: Bits  # per-tensor asymmetric, input of every conv/linear; 32 = off
     first_last_bits: Literal[(0, *BITS)]  # first conv and last linear; 0 = as the rest
+    weight_range: Literal["max", "mse"]  # per-channel weight grid: max|w| (nothing clipped) | least-squares clip
     calibration: Literal["minmax", "percentile"]
     percentile: float = num(50.0, 100.0, lo_open=True)
     calib_images: int = num(0, 10_000_000)  # synthetic images used for calibration; 0 = all

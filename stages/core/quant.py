@@ -5,7 +5,9 @@ Each ``nn.Conv2d`` / ``nn.Linear`` is swapped for a subclass with the same param
 - its input activations per tensor, asymmetric, ``act_bits`` (range ``[act_lo, act_hi]`` held as
   buffers: calibrated once on the synthetic set, then frozen), and
 - its weights per output channel, symmetric, ``weight_bits`` (levels -(2^(b-1)-1)..2^(b-1)-1 times
-  max|w| / (2^(b-1)-1), recomputed from the current weights at every forward, so zeros stay zero).
+  clip x max|w| / (2^(b-1)-1), recomputed from the current weights at every forward, so zeros stay zero; ``clip``
+  per channel is a buffer: 1 (nothing clipped) unless ``set_weight_clip`` chose the ratio with the least squared
+  rounding error, at 2 bits a must: max|w| / 1 puts the rounding threshold at max|w| / 2 and most weights at 0).
 Both use torch's ``fake_quantize_per_*_affine`` ops, whose backward is the straight-through
 estimator (gradient 1 inside the range, 0 where clipped). The first conv and the last linear
 layer get ``first_last_bits`` when it is nonzero, as in "The Knowledge Within".
@@ -24,6 +26,7 @@ from tqdm import tqdm
 from .training import minibatches
 
 FLOAT_BITS = 32  # bits = 32 means "not quantized"
+WEIGHT_RANGES = ("max", "mse")
 
 
 def _fq_arithmetic(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -34,10 +37,10 @@ def _fq_arithmetic(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lo:
     return (torch.clamp(torch.round(x * (1.0 / scale)) + zero, lo, hi) - zero) * scale
 
 
-def _weight_fq(w: torch.Tensor, bits: int) -> torch.Tensor:
+def _weight_fq(w: torch.Tensor, bits: int, clip: torch.Tensor) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     flat = w.detach().abs().flatten(1).amax(1)
-    scale = (flat / qmax).clamp_min(1e-12).float()
+    scale = (flat * clip / qmax).clamp_min(1e-12).float()
     zero = torch.zeros_like(scale, dtype=torch.int32)
     if torch.compiler.is_exporting():
         shape = (-1,) + (1,) * (w.dim() - 1)
@@ -65,6 +68,7 @@ class _FakeQuant:
         self.observed: list[torch.Tensor] = []
         self.register_buffer("act_lo", torch.zeros(()))
         self.register_buffer("act_hi", torch.zeros(()))
+        self.register_buffer("weight_clip", torch.ones(self.weight.shape[0], device=self.weight.device))
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
@@ -80,7 +84,7 @@ class _FakeQuant:
     def quantized_weight(self) -> torch.Tensor:
         if not self.quant_enabled or self.weight_bits >= FLOAT_BITS:
             return self.weight
-        return _weight_fq(self.weight, self.weight_bits)
+        return _weight_fq(self.weight, self.weight_bits, self.weight_clip)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", weight_bits={self.weight_bits}, act_bits={self.act_bits}"
@@ -153,6 +157,45 @@ def quantization_disabled(model: nn.Module):
     finally:
         for m, s in zip(layers, saved):
             m.quant_enabled = s
+
+
+def mse_clip(w: torch.Tensor, bits: int, grid: int = 100, max_elements: int = 2**24) -> torch.Tensor:
+    """Per output channel, the clip ratio r in (0, 1] whose symmetric ``bits``-bit grid (step r x max|w| / qmax)
+    rounds the channel's weights with the least squared error: ``grid`` even ratios, then ``grid`` more across the
+    best one's neighbours (resolution 2 / grid^2). Ties go to the larger ratio (less clipping). All-zero channels: 1."""
+    qmax = 2 ** (bits - 1) - 1
+    a = w.detach().float().abs().flatten(1)
+    amax = a.amax(1)
+
+    def best_of(ratios: torch.Tensor) -> torch.Tensor:  # ratios [R, C] -> [C]
+        err = torch.empty_like(ratios)
+        step = max(1, max_elements // max(a.numel(), 1))
+        for i in range(0, len(ratios), step):
+            s = (ratios[i : i + step] * amax / qmax).clamp_min(1e-12).unsqueeze(-1)  # [r, C, 1]
+            err[i : i + step] = ((torch.clamp(torch.round(a / s), max=qmax) * s - a) ** 2).sum(-1)
+        flipped = err.flip(0)  # argmin returns the first minimum: flip so that it is the largest ratio's
+        return ratios.flip(0).gather(0, flipped.argmin(0, keepdim=True)).squeeze(0)
+
+    coarse = best_of(torch.arange(1, grid + 1, dtype=torch.float32, device=a.device).div(grid).unsqueeze(1).expand(-1, len(a)))
+    fine = (coarse + torch.linspace(-1, 1, grid, device=a.device).div(grid).unsqueeze(1)).clamp(1 / grid**2, 1.0)
+    best = best_of(torch.cat([coarse.unsqueeze(0), fine]).sort(0).values)
+    return torch.where(amax > 0, best, torch.ones_like(best))
+
+
+@torch.no_grad()
+def set_weight_clip(model: nn.Module, method: str) -> dict[str, list[float]]:
+    """Every quantized-weight layer's per-channel clip ratio: 1 (``max``, nothing clipped) or ``mse_clip``
+    (``mse``). Computed once from the weights, kept as the ``weight_clip`` buffer. Returns ``{layer: ratios}``."""
+    if method not in WEIGHT_RANGES:
+        raise ValueError(f"weight range {method!r} is not one of {WEIGHT_RANGES}")
+    out = {}
+    for name, m in quant_layers(model):
+        if m.weight_bits >= FLOAT_BITS:
+            continue
+        clip = mse_clip(m.weight, m.weight_bits) if method == "mse" else torch.ones_like(m.weight_clip)
+        m.weight_clip.copy_(clip)
+        out[name] = clip.tolist()
+    return out
 
 
 def _range_observer(method: str, percentile: float):
