@@ -28,7 +28,8 @@ def test_effective_bits_counts_nonzeros_bits_and_index(toy_net):
     w = {k: v for k, v in toy_net.state_dict().items() if k in ("conv1.weight", "conv2.weight", "fc.weight")}
     nnz, numel = sum(int((v != 0).sum()) for v in w.values()), sum(v.numel() for v in w.values())
     quantize_model(toy_net, layer_bits(toy_net, 4, 8, 0))
-    rest = total - numel + 2 * 3  # + each layer's activation range (lo, hi), 32 bits each
+    channels = sum(v.shape[0] for v in w.values())
+    rest = total - numel + 2 * 3 + channels  # + each layer's activation range (lo, hi) and per-channel weight clip, 32 bits each
     qnnz = sum(int((m.quantized_weight() != 0).sum()) for m in (toy_net.conv1, toy_net.conv2, toy_net.fc))
     assert qnnz <= nnz  # rounding can only add zeros
     assert effective_bits(toy_net, sparse_storage=True) == 4 * qnnz + numel + 32 * rest

@@ -5,7 +5,8 @@
 - Effective size: stored dense, every conv/linear weight costs its bit width; stored sparse
   (unstructured pruning), its nonzeros (after quantization) x its bit width plus 1 bit per weight
   for the bit mask; every other
-  tensor element (biases, BatchNorm affine parameters and running statistics) costs 32 bits.
+  tensor element (biases, BatchNorm affine parameters and running statistics, a fake-quant layer's activation
+  range and per-channel weight clip, which stand for the scales an integer runtime stores) costs 32 bits.
 - Latency: median wall time of ``repeats`` forwards (fewer when a time budget is set) at a fixed batch
   size with the CPU thread count pinned, after warm-up. Fake-quant models are timed with quantization disabled: the
   simulation ops are not a deployment kernel, the float architecture underneath is what we time.
