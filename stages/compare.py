@@ -27,7 +27,7 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 / n4096 (4x / 8x / 16x images and KD
                 steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
                 budget levers on CIFAR-10 (--dataset); adaptive<N>-w<W>: student-aware rounds during KD up to
-                n<N>'s images and steps, compared with n<N> and n<N>-real; 2w4a+wmse / +n1024+wmse / +n2048+wmse:
+                n<N>'s images and steps, compared with n<N> and n<N>-real; 2w4a / 4w4a +wmse / +n1024+wmse / +n2048+wmse:
                 quantize.weight_range mse (least-squares weight clipping), each with its own `-real` arm
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
@@ -321,12 +321,14 @@ HARD_GENERATOR_LEVERS = {
 # the weight grid of 2w4a (quantize.weight_range mse: each channel clipped where rounding errs least, chosen from the
 # weights alone, so data-free): the max grid puts 2-bit rounding thresholds at max|w| / 2, most weights round to 0
 # and KD must re-learn the network from chance. It changes both arms' starting point, so each lever has its own
-# `-real` arm: on the default budget and on n1024 (Fashion-MNIST's best 2w4a budget) / n2048 (CIFAR-10's)
+# `-real` arm: on the default budget and on n1024 (Fashion-MNIST's best 2w4a budget) / n2048 (CIFAR-10's); on 4w4a
+# too, to see whether it could be the default
 HARD_WEIGHT_RANGE_LEVERS = {
     f"{b}wmse": [*HARD_BUDGET_LEVERS.get(b.rstrip("+"), []), "quantize.weight_range=mse"] for b in ("", "n1024+", "n2048+")
 }
 HARD_WEIGHT_RANGE_SETTINGS = {
-    f"2w4a+{lever}{arm}": [*HARD["2w4a"], *v, f"distill.transfer_set={t}"]
+    f"{k}+{lever}{arm}": [*HARD[k], *v, f"distill.transfer_set={t}"]
+    for k in ("2w4a", "4w4a")
     for lever, v in HARD_WEIGHT_RANGE_LEVERS.items()
     for arm, t in ARMS
 }
