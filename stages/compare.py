@@ -926,14 +926,27 @@ def read_runs(path: Path) -> pd.DataFrame:
     return runs
 
 
+def merge_runs(recorded: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an earlier report (another clone, a removed experiment) merged with this report's experiments: one
+    row per name. A name's current row replaces its recorded one, except that a current run without metrics (failed,
+    killed, still queued) never replaces a recorded run that finished: the seed has a result, and the dropped rerun is
+    named on stdout. A name with no finished run anywhere keeps its row without metrics (counted as such)."""
+    if current.empty or "name" not in current:
+        return recorded
+    finished = set(recorded.loc[recorded["has_metrics"].astype(bool), "name"])
+    unfinished_rerun = ~current["has_metrics"].astype(bool) & current["name"].isin(finished)
+    for name in current.loc[unfinished_rerun, "name"]:
+        print(f"kept the finished run {name} of reports/compare/runs.csv over its rerun without metrics")
+    current = current[~unfinished_rerun]
+    recorded = recorded[~recorded["name"].isin(current["name"])]
+    return pd.concat([recorded, current], ignore_index=True)
+
+
 def report(json_path: Path | None, fresh: bool = False) -> None:
     doc = json.loads(json_path.read_text()) if json_path else json.loads(dvc("exp", "show", "--json", "-A"))
     runs = runs_table(doc)
     if not fresh and (OUT / "runs.csv").is_file():
-        # experiments recorded earlier (another clone, a removed experiment) keep their row unless rerun under the same name
-        old = read_runs(OUT / "runs.csv")
-        old = old[~old["name"].isin(runs["name"])] if "name" in runs else old
-        runs = pd.concat([old, runs], ignore_index=True) if len(runs) else old
+        runs = merge_runs(read_runs(OUT / "runs.csv"), runs)
     if runs.empty or not runs["has_metrics"].any():
         raise StageError(
             "no finished sweep experiments (names <sweep>--<setting>--seed<k>): queue them with `python -m stages.compare queue ...`"

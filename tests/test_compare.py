@@ -398,3 +398,32 @@ def test_a_setting_whose_seeds_ran_on_different_teachers_says_so():
         compare.runs_table([{"rev": "a", "name": "main", "data": {"rev": "a"}, "error": None, "experiments": exps}])
     )
     assert "| 92.03% (mean of 2 teachers) |" in paper
+
+
+def test_a_rerun_without_metrics_never_replaces_a_finished_run(tmp_path, monkeypatch, capsys):
+    """A killed or failed rerun of a finished experiment leaves the finished row (and says so); a finished rerun replaces
+    the recorded row; a name that never finished stays a run without metrics."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps(document()))
+    compare.main(["report", "--json", "a.json"])
+    rerun = document()
+    experiments = rerun[1]["experiments"]
+    for e in experiments:
+        rev = e["revs"][0]
+        if e["name"] == "freeze_bn--freeze_bn-true--seed0":  # killed rerun: an error, metrics of its baseline only
+            rev["error"] = {"msg": "Experiment run failed", "type": ""}
+        if e["name"] == "freeze_bn--freeze_bn-true--seed1":  # finished rerun with a new result
+            rev["data"]["metrics"]["reports/metrics.json"]["data"]["student"]["accuracy"] = 0.5
+    (tmp_path / "b.json").write_text(json.dumps(rerun))
+    capsys.readouterr()
+    compare.main(["report", "--json", "b.json"])
+    assert "kept the finished run freeze_bn--freeze_bn-true--seed0" in capsys.readouterr().out
+    runs = compare.read_runs(tmp_path / "reports/compare/runs.csv").set_index("name")
+    assert runs.index.is_unique
+    assert runs.loc["freeze_bn--freeze_bn-true--seed0", compare.ACC] == pytest.approx(0.91)
+    assert runs.loc["freeze_bn--freeze_bn-true--seed1", compare.ACC] == pytest.approx(0.5)
+    assert not runs.loc["freeze_bn--freeze_bn-false--seed1", "has_metrics"]
+    summary = compare.summarize(runs.reset_index()).set_index("setting")
+    assert summary.loc["freeze_bn-true", "accuracy_mean"] == pytest.approx((0.91 + 0.5 + 0.93) / 3)
+    assert summary.loc["freeze_bn-true", "runs_without_metrics"] == 0
+    assert summary.loc["freeze_bn-false", "runs_without_metrics"] == 1  # seed1 failed; seed2 still running: no row
