@@ -282,6 +282,7 @@ def machine(threads: int) -> dict:
         "torch": torch.__version__,
         "cpu_capability": precision.cpu_capability(),
         "native_bf16": precision.native_bf16(torch.device("cpu")),
+        **machine_facts.int8_features(),  # vnni, amx: what else moves a bf16 / int8 timing between CPUs of one capability
     }
 
 
@@ -365,16 +366,19 @@ def time_to_accuracy(args, teacher, card, running) -> dict:
 
 
 def machine_label(m: dict) -> str:
-    """The key of a time-to-accuracy run: what sets its speed (CPU capability, threads), e.g. ``AVX2, 1 thread(s)``."""
-    return f"{m['cpu_capability']}, {m['threads']} thread(s)"
+    """The key of a time-to-accuracy run: what sets its speed (the CPU model, its capability, the threads), e.g.
+    ``AMD EPYC, AVX2, 1 thread(s)``: two CPUs of one capability (an AMD AVX512-BF16 core, an Intel one with AMX tiles)
+    keep a run each."""
+    return f"{m.get('cpu', 'unknown CPU')}, {m['cpu_capability']}, {m['threads']} thread(s)"
 
 
 def time_to_accuracy_runs(result: dict) -> dict[str, dict]:
     """The time-to-accuracy runs of synthesis.json, one per machine label (a speed-up depends on the CPU and the thread
     count, so a run on one machine does not replace another's). Files written before runs were kept per machine hold a
-    single run, which becomes the entry of its own machine."""
+    single run, which becomes the entry of its own machine; runs are keyed by today's label whatever key a file holds."""
     runs = result.get("time_to_accuracy") or {}
-    return {machine_label(runs["machine"]): runs} if "rows" in runs else dict(runs)
+    runs = [runs] if "rows" in runs else list(runs.values())
+    return {machine_label(run["machine"]): run for run in runs}
 
 
 def time_to_accuracy_lines(result: dict) -> list[str]:

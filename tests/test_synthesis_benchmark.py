@@ -31,16 +31,26 @@ def test_unknown_precision_is_refused_by_name():
         bench.budget("1024:100:10:fp16")
 
 
-def _run(capability: str, threads: int) -> dict:
-    return {"machine": {"cpu_capability": capability, "threads": threads}, "rows": {"reference loop": {"synthesis_s": 1.0}}}
+def _run(capability: str, threads: int, cpu: str = "AMD EPYC") -> dict:
+    return {"machine": {"cpu": cpu, "cpu_capability": capability, "threads": threads}, "rows": {"reference loop": {"synthesis_s": 1.0}}}
 
 
 def test_a_single_run_from_an_older_file_becomes_its_machines_entry():
     old = _run("AVX2", 1)
-    assert bench.time_to_accuracy_runs({"time_to_accuracy": old}) == {"AVX2, 1 thread(s)": old}
+    assert bench.time_to_accuracy_runs({"time_to_accuracy": old}) == {"AMD EPYC, AVX2, 1 thread(s)": old}
 
 
 def test_runs_are_kept_per_machine():
-    runs = {"AVX2, 1 thread(s)": _run("AVX2", 1), "AVX512, 2 thread(s)": _run("AVX512", 2)}
+    runs = {"AMD EPYC, AVX2, 1 thread(s)": _run("AVX2", 1), "AMD EPYC, AVX512, 2 thread(s)": _run("AVX512", 2)}
     assert bench.time_to_accuracy_runs({"time_to_accuracy": runs}) == runs
     assert bench.time_to_accuracy_runs({}) == {}
+
+
+def test_two_cpus_of_one_capability_keep_a_run_each_whatever_key_the_file_held():
+    """A file keyed by capability and threads only (before the CPU model was part of the key) is re-keyed; an Intel
+    AVX512 run then sits beside the AMD one instead of replacing it."""
+    amd, intel = _run("AVX512", 2), _run("AVX512", 2, cpu="Intel(R) Xeon(R) Processor")
+    runs = bench.time_to_accuracy_runs({"time_to_accuracy": {"AVX512, 2 thread(s)": amd}})
+    assert runs == {"AMD EPYC, AVX512, 2 thread(s)": amd}
+    runs[bench.machine_label(intel["machine"])] = intel
+    assert list(runs) == ["AMD EPYC, AVX512, 2 thread(s)", "Intel(R) Xeon(R) Processor, AVX512, 2 thread(s)"]
