@@ -928,9 +928,9 @@ def read_runs(path: Path) -> pd.DataFrame:
 
 def merge_runs(recorded: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
     """The rows of an earlier report (another clone, a removed experiment) merged with this report's experiments: one
-    row per name. A name's current row replaces its recorded one, except that a current run without metrics (failed,
-    killed, still queued) never replaces a recorded run that finished: the seed has a result, and the dropped rerun is
-    named on stdout. A name with no finished run anywhere keeps its row without metrics (counted as such)."""
+    row per name. A name's current row replaces its recorded one, except that a current run without metrics (failed or
+    killed; queued and running ones are not rows) never replaces a recorded run that finished: the seed has a result,
+    and the dropped rerun is named on stdout. A name with no finished run anywhere keeps its row without metrics."""
     if current.empty or "name" not in current:
         return recorded
     finished = set(recorded.loc[recorded["has_metrics"].astype(bool), "name"])
