@@ -27,8 +27,10 @@ evaluate's J_KL table is capped at --jkl-max-images per set to save time, accura
                 first_bn_weight 1 (same KD steps); kd4x (4x KD steps), n1024 / n2048 / n4096 (4x / 8x / 16x images and KD
                 steps), each with its own `-real` arm (NOT data-free) at the same budget; hard_cifar10_levers: the
                 budget levers on CIFAR-10 (--dataset); adaptive<N>-w<W>: student-aware rounds during KD up to
-                n<N>'s images and steps, compared with n<N> and n<N>-real; 2w4a / 4w4a +wmse / +n1024+wmse / +n2048+wmse:
-                quantize.weight_range mse (least-squares weight clipping), each with its own `-real` arm
+                n<N>'s images and steps, compared with n<N> and n<N>-real; <budget>+t6 / +mixup0.4 / +cutmix1 (KD
+                recipe), +ce0.1 / +ce0.01 / +crop0.5 (synthesis: weaker class term, random resized crops), each read
+                against <budget>-real; 2w4a / 4w4a +wmse / +n1024+wmse / +n2048+wmse: quantize.weight_range mse
+                (least-squares weight clipping), each with its own `-real` arm
   generator     synthesize.method generator (256 / 1024 images) against the default from-noise synthesis
   paper         the arXiv 2511.20702 preset (PAPER_PRESET) for resnet18 / resnet34 / resnet50 on CIFAR-10 (--dataset);
                 report writes reports/compare/paper.md (paper vs ours). A GPU run: `dvc exp run` on a CUDA machine.
@@ -279,11 +281,15 @@ HARD_BUDGET_SETTINGS = {
 # memorized: a softer teacher (higher KD temperature) and in-batch MixUp (mixtures near the decision boundaries) give
 # each image more to teach; in-batch CutMix (a box of another image: new part-to-part combinations the teacher labels,
 # as in function-matching KD, Beyer et al. 2022) likewise. Compared with the budget lever's real-data arm (same images
-# and KD steps, default recipe)
+# and KD steps, default recipe). Synthesis levers aim at the same: a tenth / a hundredth of the class term (`ce0.1`,
+# `ce0.01`: images the teacher is less sure of, nearer its decision boundaries) and random resized crops of each image
+# while it is made (`crop0.5`: area 50-100%, "The Knowledge Within"'s in-batch augmentation)
 HARD_RECIPE_LEVERS = {
     "t6": ["distill.temperature=6"],
     "mixup0.4": ["distill.mixup_alpha=0.4"],
     "cutmix1": ["distill.cutmix_alpha=1.0"],
+    **{f"ce{w:g}": [f"synthesize.lambda_ce={w:g}"] for w in (0.1, 0.01)},
+    "crop0.5": ["synthesize.crop_min_area=0.5"],
 }
 HARD_RECIPE_SETTINGS = {
     f"{k}+{budget}+{lever}": [*HARD[k], *HARD_BUDGET_LEVERS[budget], *v, "distill.transfer_set=synthetic"]

@@ -330,10 +330,14 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     assert "| 2w4a+n1024 | 88.90 (1) | not run | - |" in fashion
     assert "unstructured0.9+generator-2048" not in cifar_levers
     assert "NOT data-free" in table
+
+    def cifar_lever_section() -> str:  # the report's CIFAR-10 lever section for the runs so far
+        runs = compare.runs_table(doc)
+        return compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+
     # a student-aware lever grows the set to n1024's images and KD steps: it is compared with n1024-real (76.0 - 74.5)
     exps.append(exp("hard_cifar10_levers--2w4a+adaptive1024-w10--seed0", 0.745, pruned=0.925, sparsity=0.0, calibrated=0.14))
-    runs = compare.runs_table(doc)
-    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    cifar_levers = cifar_lever_section()
     assert "| 2w4a+adaptive1024-w10 | 74.50 (1) | 76.00 (1) | 1.50 |" in cifar_levers
     assert compare.SWEEPS["hard_levers"]["2w4a+adaptive1024-w10"][-4:] == [
         "distill.adaptive_rounds=3",
@@ -343,14 +347,22 @@ def test_hard_table_puts_data_free_beside_real_data_kd_with_the_gap():
     ]  # 256 + 3 x 256 = 1024 images, as n1024
     # a KD-recipe lever on a budget lever keeps that budget's images and KD steps: compared with n1024-real (76.0 - 73.0)
     exps.append(exp("hard_cifar10_levers--2w4a+n1024+t6--seed0", 0.730, pruned=0.925, sparsity=0.0, calibrated=0.14))
-    runs = compare.runs_table(doc)
-    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    cifar_levers = cifar_lever_section()
     assert "| 2w4a+n1024+t6 | 73.00 (1) | 76.00 (1) | 3.00 |" in cifar_levers
+    # a synthesis lever on a budget lever (a tenth of the class term) likewise: n1024's images and steps, n1024-real
+    exps.append(exp("hard_cifar10_levers--2w4a+n1024+ce0.1--seed0", 0.7525, pruned=0.925, sparsity=0.0, calibrated=0.14))
+    cifar_levers = cifar_lever_section()
+    assert "| 2w4a+n1024+ce0.1 | 75.25 (1) | 76.00 (1) | 0.75 (within 1.0) |" in cifar_levers
+    assert compare.SWEEPS["hard_levers"]["structured-macs0.75+n2048+ce0.1"][-3:] == [
+        "synthesize.n_images=2048",
+        "synthesize.lambda_ce=0.1",
+        "distill.transfer_set=synthetic",
+    ]
+    assert "synthesize.crop_min_area=0.5" in compare.SWEEPS["hard_levers"]["structured-macs0.75+n2048+crop0.5"]
     # a generator lever runs at n4096's KD steps: compared with n4096-real (78.0 - 71.0), not with the default arm
     exps.append(exp("hard_cifar10_levers--2w4a+generator16384--seed0", 0.710, pruned=0.925, sparsity=0.0, calibrated=0.14))
     exps.append(exp("hard_cifar10_levers--2w4a+n4096-real--seed0", 0.780, pruned=0.925, data_free=False, sparsity=0.0))
-    runs = compare.runs_table(doc)
-    cifar_levers = compare.hard_table(compare.summarize(runs), runs).split("## `hard_cifar10_levers`")[1]
+    cifar_levers = cifar_lever_section()
     assert "| 2w4a+generator16384 | 71.00 (1) | 78.00 (1) | 7.00 |" in cifar_levers
     g = compare.SWEEPS["hard_levers"]["structured-macs0.75+generator16384"]
     assert "synthesize.n_images=16384" in g and "distill.epochs=40" in g  # 16,384 / 128 x 40 = 4,096 / 128 x 160 steps
