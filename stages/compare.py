@@ -276,14 +276,15 @@ HARD_BUDGET_SETTINGS = {
     for lever, v in HARD_BUDGET_LEVERS.items()
     for arm, t in ARMS
 }
-# KD-recipe levers on top of a budget lever: at n2048/n4096 the data-free student agrees with the teacher on 99.9% of
-# its (teacher-confident) synthetic images and the real-data one on 95.5% of its real ones, so the synthetic set is
-# memorized: a softer teacher (higher KD temperature) and in-batch MixUp (mixtures near the decision boundaries) give
-# each image more to teach; in-batch CutMix (a box of another image: new part-to-part combinations the teacher labels,
-# as in function-matching KD, Beyer et al. 2022) likewise. Compared with the budget lever's real-data arm (same images
-# and KD steps, default recipe). Synthesis levers aim at the same: a tenth / a hundredth of the class term (`ce0.1`,
-# `ce0.01`: images the teacher is less sure of, nearer its decision boundaries) and random resized crops of each image
-# while it is made (`crop0.5`: area 50-100%, "The Knowledge Within"'s in-batch augmentation)
+# per-image levers on top of a budget lever (KD recipe or synthesis objective): at n2048/n4096 the data-free student
+# agrees with the teacher on 99.9% of its (teacher-confident) synthetic images and the real-data one on 95.5% of its
+# real ones, so the synthetic set is memorized: a softer teacher (higher KD temperature) and in-batch MixUp (mixtures
+# near the decision boundaries) give each image more to teach; in-batch CutMix (a box of another image: new part-to-part
+# combinations the teacher labels, as in function-matching KD, Beyer et al. 2022) likewise. Compared with the budget
+# lever's real-data arm (same images and KD steps, default recipe). Synthesis levers aim at the same: a tenth / a
+# hundredth of the class term (`ce0.1`, `ce0.01`: images the teacher is less sure of, nearer its decision boundaries)
+# and random resized crops of each image while it is made (`crop0.5`: area 50-100%, "The Knowledge Within"'s in-batch
+# augmentation)
 HARD_RECIPE_LEVERS = {
     "t6": ["distill.temperature=6"],
     "mixup0.4": ["distill.mixup_alpha=0.4"],
